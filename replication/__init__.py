@@ -1,0 +1,1 @@
+"""harmprune: B-TAP replication package."""
