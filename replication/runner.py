@@ -75,7 +75,8 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
     fnd = finding(key)
     src = NOTEBOOK_DIR / fnd.notebook
     if not src.exists():
-        raise RunError(f"notebook {src.relative_to(REPO_ROOT)} for finding {fnd.key!r} does not exist yet; "
+        shown = src.relative_to(REPO_ROOT) if src.is_relative_to(REPO_ROOT) else src
+        raise RunError(f"notebook {shown} for finding {fnd.key!r} does not exist yet; "
                        f"run one of: {', '.join(f.key for f in available_findings())}")
     params = dict(params or {})
     declared = notebook_parameters(src)
