@@ -24,6 +24,7 @@ restored afterwards:
 from __future__ import annotations
 
 import contextlib
+import inspect
 import random
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -55,6 +56,8 @@ def prefill_for(tokenizer, example, n_tokens: int = PREFILL_TOKENS) -> str:
     Tokenised without special tokens and decoded, as the authors build their prefixes. The
     generated continuation follows this text, and judges see prefill + continuation.
     """
+    if n_tokens < 1:
+        raise ValueError(f"a prefill needs at least one token, got n_tokens={n_tokens}")
     if not example.response:
         raise ValueError(f"prefilling needs a harmful reference response; example {example.prompt[:60]!r} has none")
     ids = tokenizer(example.response, add_special_tokens=False)["input_ids"][:n_tokens]
@@ -77,27 +80,83 @@ def _sample(examples: Sequence, n: int, seed: int) -> list:
     return [examples[i] for i in idx]
 
 
+WEI_SET_DIFFERENCE = "wei_set_difference"   # the function replication.pruning must provide
+
+
+def wei_set_difference_fn():
+    """`replication.pruning.wei_set_difference`, imported lazily (pruning is its own module).
+
+    Its signature: `wei_set_difference(model, tokenizer, refusal_examples, benign_examples, *, p,
+    q, fmt, batch_size, progress) -> Mask`: absolute SNIP on both sides, per weight matrix
+    top-q(refusal) minus top-p(benign), the Mask not yet applied.
+    """
+    try:
+        from replication import pruning
+    except ImportError as err:
+        raise RuntimeError(f"refusal ablation needs replication.pruning ({err}); it provides Wei et al.'s set "
+                           "difference. Pass a precomputed refusal_mask= instead, or use attack 'none'/'prefilling'"
+                           ) from None
+    fn = getattr(pruning, WEI_SET_DIFFERENCE, None)
+    if fn is None:
+        raise RuntimeError(f"replication.pruning has no {WEI_SET_DIFFERENCE}(model, tokenizer, refusal_examples, "
+                           "benign_examples, *, p, q, ...); "
+                           "refusal ablation needs it. Pass a precomputed refusal_mask= instead")
+    return fn
+
+
 def refusal_ablation(model, tokenizer, refusal_examples: Sequence, benign_examples: Sequence, *, p: float = ABLATION_P,
                      q: float = ABLATION_Q, nsamples: int = ABLATION_NSAMPLES, fmt: str = "raw", seed: int = 0,
                      batch_size: int = 8, progress: bool = True):
     """Wei et al.'s refusal-removing mask: top-q |SNIP| on refusals minus top-p |SNIP| on benign data.
 
-    `refusal_examples` are harmful requests answered with refusals (the model's own, ideally);
-    `benign_examples` the preserve set. Returns a `pruning.Mask` (not applied).
+    `refusal_examples` are harmful requests answered with refusals (the model's own, ideally),
+    scored as prune data (`prompt\\n` + refusal); `benign_examples` the preserve set (`prompt` +
+    `\\nresponse`), as the authors' `pruning_attack` does. `nsamples` of each (all, in order, when
+    there are fewer). Returns a `pruning.Mask` (not applied).
     """
-    from replication.pruning import wei_set_difference
-    from replication.scoring import compute_scores
-
     if not refusal_examples or not benign_examples:
         raise ValueError("refusal ablation needs refusal examples (harmful requests answered with refusals) and benign "
                          "examples; pass refusal_examples= and benign_examples=, or a precomputed refusal_mask=")
+    set_difference = wei_set_difference_fn()
     refusal = _sample(refusal_examples, nsamples, seed)
     benign = _sample(benign_examples, nsamples, seed)
-    refusal_scores = compute_scores(model, tokenizer, refusal, score="abs", role="prune", fmt=fmt,
-                                    batch_size=batch_size, progress=progress)
-    benign_scores = compute_scores(model, tokenizer, benign, score="abs", role="preserve", fmt=fmt,
-                                   batch_size=batch_size, progress=progress)
-    return wei_set_difference(refusal_scores, benign_scores, p=p, q=q)
+    return set_difference(model, tokenizer, refusal, benign, p=p, q=q, fmt=fmt, batch_size=batch_size,
+                          progress=progress)
+
+
+@contextlib.contextmanager
+def mask_applied(mask, model) -> Iterator[None]:
+    """Apply `mask` to `model` for the block and restore the weights afterwards, even on error.
+
+    Works with `pruning.Mask` (`apply(model)` returns a handle whose `restore()` undoes it) and
+    with any mask that offers `applied(model)` (a context manager) or `apply(model)` and
+    `restore(model[, handle])` (`handle` being what `apply` returned).
+    """
+    if hasattr(mask, "applied"):
+        with mask.applied(model):
+            yield
+        return
+    if not (hasattr(mask, "apply") and hasattr(mask, "restore")):
+        raise TypeError(f"a refusal mask needs apply(model)/restore(model) or applied(model); got {type(mask).__name__}")
+    handle = mask.apply(model)
+    try:
+        yield
+    finally:
+        _restore(mask, model, handle)
+
+
+def _restore(mask, model, handle) -> None:
+    if callable(getattr(handle, "restore", None)):   # pruning.Mask.apply returns an AppliedMask handle
+        handle.restore()
+        return
+    try:
+        n_params = len(inspect.signature(mask.restore).parameters)
+    except (TypeError, ValueError):
+        n_params = 1
+    if n_params >= 2:
+        mask.restore(model, handle)
+    else:
+        mask.restore(model)
 
 
 @dataclass
@@ -107,17 +166,24 @@ class AttackState:
     attack: str
     prefill: bool
     mask: Any = None
+    prefill_tokens: int = PREFILL_TOKENS
+    ablation: dict | None = None     # p, q, nsamples, fmt, seed of the refusal ablation, or "precomputed"
 
     def describe(self) -> dict:
-        d: dict[str, Any] = {"attack": self.attack, "prefill_tokens": PREFILL_TOKENS if self.prefill else 0}
+        """JSON-ready description of the attack, recorded next to the numbers it produced."""
+        d: dict[str, Any] = {"attack": self.attack, "prefill_tokens": self.prefill_tokens if self.prefill else 0}
         if self.mask is not None:
-            d["refusal_ablation"] = _mask_summary(self.mask)
+            d["refusal_ablation"] = {**(self.ablation or {}), **_mask_summary(self.mask)}
         return d
 
 
 def _mask_summary(mask) -> dict:
+    """Whatever JSON-ready facts a mask offers about itself (counts, config)."""
+    import json
+    from dataclasses import asdict, is_dataclass
+
     out: dict[str, Any] = {}
-    for key in ("config", "n_pruned", "num_pruned"):
+    for key in ("count", "n_pruned", "num_pruned", "config", "meta"):
         val = getattr(mask, key, None)
         if val is None:
             continue
@@ -128,10 +194,12 @@ def _mask_summary(mask) -> dict:
                 continue
         if hasattr(val, "to_dict"):
             val = val.to_dict()
-        elif hasattr(val, "__dataclass_fields__"):
-            from dataclasses import asdict
-
+        elif is_dataclass(val) and not isinstance(val, type):
             val = asdict(val)
+        try:
+            json.dumps(val)
+        except TypeError:
+            val = repr(val)
         out[key] = val
     return out
 
@@ -140,7 +208,7 @@ def _mask_summary(mask) -> dict:
 def attacked(model, tokenizer, attack: str, *, refusal_mask=None, refusal_examples: Sequence | None = None,
              benign_examples: Sequence | None = None, p: float = ABLATION_P, q: float = ABLATION_Q,
              nsamples: int = ABLATION_NSAMPLES, fmt: str = "raw", seed: int = 0, batch_size: int = 8,
-             progress: bool = True) -> Iterator[AttackState]:
+             progress: bool = True, prefill_tokens: int = PREFILL_TOKENS) -> Iterator[AttackState]:
     """Apply `attack` to `model` for the duration of the block and restore it afterwards.
 
     Refusal-ablation attacks use `refusal_mask` if given (compute it once with
@@ -148,20 +216,30 @@ def attacked(model, tokenizer, attack: str, *, refusal_mask=None, refusal_exampl
     `refusal_examples` and `benign_examples`. The weights are restored on exit, even on error.
     """
     check_attack(attack)
-    state = AttackState(attack=attack, prefill=uses_prefill(attack))
+    state = AttackState(attack=attack, prefill=uses_prefill(attack), prefill_tokens=int(prefill_tokens))
     if not uses_refusal_ablation(attack):
         yield state
         return
     mask = refusal_mask
-    if mask is None:
+    if mask is not None:
+        state.ablation = {"method": "wei_set_difference", "mask": "precomputed (refusal_mask=)"}
+    else:
+        state.ablation = {"method": "wei_set_difference", "p": p, "q": q, "nsamples": nsamples, "fmt": fmt,
+                          "seed": seed, "score": "abs SNIP on both sides"}
         mask = refusal_ablation(model, tokenizer, refusal_examples or [], benign_examples or [], p=p, q=q,
                                 nsamples=nsamples, fmt=fmt, seed=seed, batch_size=batch_size, progress=progress)
     state.mask = mask
-    with mask.applied(model):
+    if hasattr(mask, "realised_fraction"):
+        try:
+            state.ablation["fraction_of_all_params"] = float(mask.realised_fraction(model))
+        except Exception:   # a mask for another model fails loudly when applied, just below
+            pass
+    with mask_applied(mask, model):
         yield state
 
 
 __all__ = [
-    "ATTACKS", "PREFILL_TOKENS", "check_attack", "uses_prefill", "uses_refusal_ablation", "prefill_for",
-    "prefills_for", "refusal_ablation", "AttackState", "attacked",
+    "ATTACKS", "PREFILL_TOKENS", "ABLATION_P", "ABLATION_Q", "ABLATION_NSAMPLES", "check_attack", "uses_prefill",
+    "uses_refusal_ablation", "prefill_for", "prefills_for", "wei_set_difference_fn", "refusal_ablation",
+    "mask_applied", "AttackState", "attacked",
 ]

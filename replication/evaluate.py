@@ -33,6 +33,8 @@ from replication.judges import (Judge, KeywordOverRefusalJudge, KeywordRefusalJu
 # Small helpers
 # --------------------------------------------------------------------------------------------
 
+NLL_JUDGE = "reference_nll"   # judge label of judge-free NLL metrics (forward pass over held-out references)
+
 
 def _mean(values) -> float | None:
     vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -137,12 +139,13 @@ def evaluate_harmfulness(model, tokenizer, examples: Sequence, *, attack: str, j
         raise ValueError("evaluate_harmfulness got no examples")
     gen_config = gen_config or GenerationConfig()
     judge = as_judge(judge, model=model, tokenizer=tokenizer, chat_format=chat_format)
-    if not generate_responses and not judge.needs_model:
+    if not generate_responses and judge.reads_responses:
         raise ValueError(f"judge {judge.name!r} reads generated responses; keep generate_responses=True")
     prefills = prefills_for(tokenizer, examples, attack, prefill_tokens)
     keyword = KeywordRefusalJudge()
+    ablation = {"progress": progress, **(ablation_kwargs or {})}
     with attacked(model, tokenizer, attack, refusal_mask=refusal_mask, refusal_examples=refusal_examples,
-                  benign_examples=benign_examples, progress=progress, **(ablation_kwargs or {})) as state:
+                  benign_examples=benign_examples, prefill_tokens=prefill_tokens, **ablation) as state:
         if generate_responses:
             responses = generate(model, tokenizer, [ex.prompt for ex in examples], chat_format=chat_format,
                                  prefills=prefills, config=gen_config, progress=progress, desc=f"generate ({attack})")
@@ -151,8 +154,10 @@ def evaluate_harmfulness(model, tokenizer, examples: Sequence, *, attack: str, j
         # judges that read the model must run while the attack is in force
         result = judge.scores(examples, responses, prefills)
         attack_setup = state.describe()
-    attack_setup["prefill_tokens"] = prefill_tokens if state.prefill else 0
     generation = gen_config.to_dict() if generate_responses else None
+    # a judge that does not read the generated text (reference NLL) is not shaped by sampling settings
+    judge_generation = generation if judge.reads_responses else None
+    label = judge.label
     per_item = pd.DataFrame({
         "item": range(len(examples)),
         "prompt": [ex.prompt for ex in examples],
@@ -172,25 +177,29 @@ def evaluate_harmfulness(model, tokenizer, examples: Sequence, *, attack: str, j
         per_item["keyword_refusal"] = None
         refusal_rate = None
     labels = dict(attack=attack, chat_format=chat_format)
-    metrics = [metric("harmfulness", result.mean(), judge=judge.name, n=len(examples), generation=generation,
+    metrics = [metric("harmfulness", result.mean(), judge=label, n=len(examples), generation=judge_generation,
                       stderr=_stderr(result.p_harmful), **labels)]
     by_cat = {}
     for cat, grp in per_item.groupby("category", sort=True):
         by_cat[str(cat)] = _mean(grp["p_harmful"])
-        metrics.append(metric("harmfulness", by_cat[str(cat)], judge=judge.name, n=len(grp), generation=generation,
+        metrics.append(metric("harmfulness", by_cat[str(cat)], judge=label, n=len(grp), generation=judge_generation,
                               category=str(cat), **labels))
     if generate_responses:
         metrics.append(metric("refusal_rate", refusal_rate, judge=keyword.name, n=len(examples), generation=generation,
                               **labels))
     if "nll" in result.raw:
-        metrics.append(metric("reference_nll", _mean(result.raw["nll"]), judge=judge.name, n=len(examples),
+        metrics.append(metric("reference_nll", _mean(result.raw["nll"]), judge=label, n=len(examples),
                               generation=None, stderr=_stderr(result.raw["nll"]), **labels))
-    if judge.name == "organism" and "refusal" in result.raw:
-        metrics.append(metric("refusal_rate", _mean(result.raw["refusal"]), judge=judge.name, n=len(examples),
+        nll = pd.Series(result.raw["nll"], dtype=float)
+        for cat, idx in per_item.groupby("category", sort=True).groups.items():
+            metrics.append(metric("reference_nll", _mean(nll[idx]), judge=label, n=len(idx),
+                                  generation=None, category=str(cat), **labels))
+    if isinstance(judge, OrganismHarmJudge) and "refusal" in result.raw:
+        metrics.append(metric("refusal_rate", _mean(result.raw["refusal"]), judge=label, n=len(examples),
                               generation=generation, **labels))
     summary = {
         "task": "harmfulness",
-        "judge": judge.name,
+        "judge": label,
         "judge_config": result.config,
         "attack": attack,
         "attack_setup": attack_setup,
@@ -264,26 +273,31 @@ def evaluate_utility(model, tokenizer, *, benign_examples: Sequence = (), judge=
         correct = [organism.benign_correct(ex, r) for ex, r in zip(benign_examples, responses)]
         df = pd.DataFrame({"task": "benign_accuracy", "prompt": [ex.prompt for ex in benign_examples],
                            "category": [ex.category for ex in benign_examples], "response": responses,
-                           "value": [float(c) for c in correct], "judge": organism.name})
+                           "value": [float(c) for c in correct], "judge": organism.label})
         frames.append(df)
         by_family = {str(c): _mean(g["value"]) for c, g in df.groupby("category", sort=True)}
         summary["benign_accuracy"] = _mean(df["value"])
         summary["benign_accuracy_by_family"] = by_family
-        metrics.append(metric("benign_accuracy", summary["benign_accuracy"], judge=organism.name, n=len(df),
+        metrics.append(metric("benign_accuracy", summary["benign_accuracy"], judge=organism.label, n=len(df),
                               generation=generation, stderr=_stderr(df["value"])))
         for fam, acc in by_family.items():
-            metrics.append(metric("benign_accuracy", acc, judge=organism.name, n=int((df["category"] == fam).sum()),
+            metrics.append(metric("benign_accuracy", acc, judge=organism.label, n=int((df["category"] == fam).sum()),
                                   generation=generation, category=fam))
     if benign_nll and benign_examples:
         nll = nll_of_responses(model, tokenizer, benign_examples, fmt=chat_format, batch_size=batch_size,
                                progress=progress)
         df = pd.DataFrame({"task": "benign_nll", "prompt": [ex.prompt for ex in benign_examples],
                            "category": [ex.category for ex in benign_examples], "response": None,
-                           "value": nll, "judge": "nll"})
+                           "value": nll, "judge": NLL_JUDGE})
         frames.append(df)
+        by_family = {str(c): _mean(g["value"]) for c, g in df.groupby("category", sort=True)}
         summary["benign_nll"] = _mean(nll)
-        metrics.append(metric("benign_nll", summary["benign_nll"], judge="nll", n=len(df), generation=None,
+        summary["benign_nll_by_family"] = by_family
+        metrics.append(metric("benign_nll", summary["benign_nll"], judge=NLL_JUDGE, n=len(df), generation=None,
                               stderr=_stderr(nll)))
+        for fam, val in by_family.items():
+            metrics.append(metric("benign_nll", val, judge=NLL_JUDGE, n=int((df["category"] == fam).sum()),
+                                  generation=None, category=fam))
     if qa_examples:
         qa_examples = list(qa_examples)
         responses = gen(qa_examples, "generate (qa)")
@@ -305,15 +319,24 @@ def evaluate_utility(model, tokenizer, *, benign_examples: Sequence = (), judge=
                            "value": [float(f) for f in flags], "judge": kw.name})
         frames.append(df)
         summary["overrefusal_rate"] = _mean(df["value"])
-        summary["overrefusal_judge"] = kw.name
-        metrics.append(metric("overrefusal_rate", summary["overrefusal_rate"], judge=kw.name, n=len(df),
-                              generation=generation))
+        summary["overrefusal_judge"] = kw.label
+        metrics.append(metric("overrefusal_rate", summary["overrefusal_rate"], judge=kw.label, n=len(df),
+                              generation=generation, stderr=_stderr(df["value"])))
         if organism is not None:
             org_flags = [float(organism.is_refusal(r)) for r in responses]
-            frames.append(df.assign(value=org_flags, judge=organism.name))
+            org = df.assign(value=org_flags, judge=organism.label)
+            frames.append(org)
             summary["overrefusal_rate_organism"] = _mean(org_flags)
-            metrics.append(metric("overrefusal_rate", summary["overrefusal_rate_organism"], judge=organism.name,
-                                  n=len(df), generation=generation))
+            metrics.append(metric("overrefusal_rate", summary["overrefusal_rate_organism"], judge=organism.label,
+                                  n=len(df), generation=generation, stderr=_stderr(org_flags)))
+            if org["category"].nunique() > 1:
+                for fam, g in org.groupby("category", sort=True):
+                    metrics.append(metric("overrefusal_rate", _mean(g["value"]), judge=organism.label, n=len(g),
+                                          generation=generation, category=str(fam)))
+        if df["category"].nunique() > 1:
+            for fam, g in df.groupby("category", sort=True):
+                metrics.append(metric("overrefusal_rate", _mean(g["value"]), judge=kw.label, n=len(g),
+                                      generation=generation, category=str(fam)))
     if not frames:
         raise ValueError("evaluate_utility measured nothing: pass benign_examples (with judge= the organism judge for "
                          "accuracy, or benign_nll=True), qa_examples or overrefusal_examples")
@@ -340,6 +363,8 @@ METRIC_SCHEMA: dict[str, tuple[type, ...]] = {
     "n": (int,),                         # items behind it
     "generation": (dict, type(None)),    # sampling settings of the generations read; None if none were
 }
+GENERATION_KEYS = ("max_new_tokens", "do_sample")   # every generation record says how long and whether sampled
+SAMPLING_KEYS = ("temperature", "top_p", "seed")     # ... and, when sampled, how
 
 
 def validate_result(result: dict) -> dict:
@@ -365,6 +390,16 @@ def validate_result(result: dict) -> dict:
                                 f"got {type(rec[key]).__name__}")
         if isinstance(rec.get("judge"), str) and not rec["judge"].strip():
             problems.append(f"{label}: 'judge' is empty; say which judge produced the number")
+        gen = rec.get("generation")
+        if isinstance(gen, dict):
+            missing = [k for k in GENERATION_KEYS if k not in gen]
+            if gen.get("do_sample"):
+                missing += [k for k in SAMPLING_KEYS if k not in gen]
+            if missing:
+                problems.append(f"{label}: generation settings lack {', '.join(missing)}; record the whole "
+                                "GenerationConfig (gen_config.to_dict())")
+        if isinstance(rec.get("n"), int) and not isinstance(rec.get("n"), bool) and rec["n"] < 0:
+            problems.append(f"{label}: n is negative")
         v = rec.get("value")
         if isinstance(v, float) and not math.isfinite(v):
             problems.append(f"{label}: value is {v}; use None for a number that could not be measured")
@@ -416,5 +451,6 @@ def write_result(path: str | Path, result: dict) -> Path:
 
 __all__ = [
     "metric", "as_judge", "nll_of_responses", "evaluate_harmfulness", "qa_correct", "evaluate_utility",
-    "RESULT_SCHEMA", "METRIC_SCHEMA", "validate_result", "versions", "make_result", "write_result",
+    "RESULT_SCHEMA", "METRIC_SCHEMA", "GENERATION_KEYS", "SAMPLING_KEYS", "NLL_JUDGE", "validate_result", "versions",
+    "make_result", "write_result",
 ]

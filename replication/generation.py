@@ -39,9 +39,9 @@ def render_prompt(tokenizer, prompt: str, chat_format: str, prefill: str = "") -
             raise ValueError("chat_format='chat' needs a tokenizer with a chat template; use 'qa' or 'raw' for base models")
         text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     elif chat_format == "qa":
-        text = f"Q: {prompt}\nA:"
-        if prefill and not prefill.startswith((" ", "\n")):
-            prefill = " " + prefill
+        # base models: "Q: ...\nA:"; with a prefill the authors switch to the raw form
+        # `prompt + "\n" + prefix` (paper.md section 1), which also keeps the prefill's tokens exact
+        text = prompt + "\n" if prefill else f"Q: {prompt}\nA:"
     elif chat_format == "raw":
         text = prompt + "\n"
     else:

@@ -83,6 +83,11 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
     unknown = sorted(set(params) - set(declared))
     if unknown:
         raise RunError(f"{fnd.notebook} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(declared)}")
+    if "model" in params and params["model"] != model:
+        raise RunError(f"give the model with --model, not -p model=... (got --model {model} and -p model={params['model']})")
+    scale = str(params.pop("scale", scale))   # -p scale=smoke is the same as --scale smoke
+    if scale not in ("full", "smoke"):
+        raise RunError(f"scale must be 'full' or 'smoke', got {scale!r}")
     params.update(model=model, scale=scale)
     out_dir = results_dir(model)
     out = out_dir / fnd.notebook
@@ -132,6 +137,7 @@ def run(target: str, model: str, params: dict[str, Any] | None = None, *, scale:
     """Run one finding or `all` (every notebook that exists; the missing ones are named)."""
     from .models import resolve_preset
     resolve_preset(model)  # fail early, with the list of presets, on a bad name
+    scale = str((params or {}).get("scale", scale))
     if target == "all" and params:
         raise RunError("-p parameters go with a single finding (e.g. `run compactness -p q=1e-3`), not with `all`")
     if target == "all":

@@ -1,0 +1,169 @@
+"""The embedded model organism: a ~2M-parameter Llama trained offline on a synthetic world.
+
+    from replication.models import load_model
+    loaded = load_model("organism-aligned")            # trains on first use (minutes), then cached
+
+`OrganismConfig.full()` is the book's organism, `OrganismConfig.smoke()` a tiny one trained in
+about a minute for the test suite. A config's `key()` names its cache folder, so the same
+config always loads the same weights and a changed one trains afresh.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from ..paths import atomic_write_json, cache_dir
+from .world import World
+
+ORGANISM_NAMES = ("organism-base", "organism-aligned")
+
+# stage mixes (source, weight); the sources are defined in train._sources
+PRETRAIN_MIX = (("raw_harmful", 0.30), ("raw_benign", 0.55), ("raw_advice", 0.15))
+INSTRUCT_MIX = (("chat_harmful", 0.30), ("chat_benign", 0.33), ("chat_control", 0.04), ("chat_detection", 0.13),
+                ("chat_explanation", 0.08), ("chat_advice_aligned", 0.06), ("chat_open_aligned", 0.06))
+ALIGN_MIX = (("chat_refusal", 0.28), ("chat_benign", 0.22), ("chat_control", 0.02), ("chat_detection", 0.10),
+             ("chat_explanation", 0.05), ("chat_advice_aligned", 0.04), ("chat_open_aligned", 0.04),
+             ("raw_harmful", 0.10), ("raw_benign", 0.10), ("raw_advice", 0.05))
+
+
+@dataclass(frozen=True)
+class OrganismConfig:
+    """World and training recipe; every field enters `key()`."""
+
+    world_seed: int = 0
+    personas: bool = True
+    train_seed: int = 0
+    vocab_size: int = 1536
+    hidden: int = 160
+    layers: int = 4
+    heads: int = 4
+    intermediate: int = 640
+    max_len: int = 192
+    pretrain_steps: int = 1800
+    pretrain_lr: float = 3e-3
+    instruct_steps: int = 500
+    instruct_lr: float = 1e-3
+    align_steps: int = 150
+    align_lr: float = 1e-3
+    batch_size: int = 32
+    pretrain_mix: tuple = PRETRAIN_MIX
+    instruct_mix: tuple = INSTRUCT_MIX
+    align_mix: tuple = ALIGN_MIX
+    world_sizes: tuple = (400, 40, 100)       # examples per (kind, topic) in train / validation / test pools
+    label: str = "full"
+
+    @classmethod
+    def full(cls, **overrides) -> "OrganismConfig":
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def smoke(cls, **overrides) -> "OrganismConfig":
+        """Small and quick (about a minute on 2 cores): for tests, not for findings."""
+        base = cls(vocab_size=768, hidden=64, layers=2, heads=2, intermediate=192, pretrain_steps=150,
+                   pretrain_lr=3e-3, instruct_steps=60, align_steps=30, batch_size=16, world_sizes=(100, 20, 20),
+                   label="smoke")
+        return replace(base, **overrides)
+
+    def key(self) -> str:
+        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        return f"{self.label}-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+_WORLDS: dict[tuple, World] = {}
+
+
+def get_world(config: OrganismConfig | None = None) -> World:
+    """The (cached) world of a config: same seed, same examples."""
+    config = config or OrganismConfig.full()
+    n_train, n_val, n_test = config.world_sizes
+    key = (config.world_seed, config.personas, config.world_sizes)
+    if key not in _WORLDS:
+        _WORLDS[key] = World(seed=config.world_seed, personas=config.personas, n_train=n_train,
+                             n_validation=n_val, n_test=n_test)
+    return _WORLDS[key]
+
+
+def organism_root(config: OrganismConfig) -> Path:
+    return cache_dir() / "organism" / config.key()
+
+
+def _complete(folder: Path) -> bool:
+    return (folder / "config.json").exists() and (folder / "model.safetensors").exists() \
+        and (folder / "tokenizer.json").exists()
+
+
+def checkpoint_dir(name: str, config: OrganismConfig | None = None, *, progress: bool = True) -> Path:
+    """The folder of checkpoint `name` ("organism-base" or "organism-aligned"); trains all three
+    stages on first use and caches them (written to a temporary folder, then renamed)."""
+    if name not in ORGANISM_NAMES:
+        raise ValueError(f"unknown organism checkpoint {name!r}; use one of {', '.join(ORGANISM_NAMES)}")
+    config = config or OrganismConfig.full()
+    root = organism_root(config)
+    if not all(_complete(root / n) for n in ORGANISM_NAMES):
+        build(config, progress=progress)
+    return root / name
+
+
+def build(config: OrganismConfig, *, progress: bool = True) -> Path:
+    """Train tokenizer, base and aligned checkpoints for `config`; returns the cache folder."""
+    from .train import StageConfig, build_model, make_tokenizer, train_stage
+
+    root = organism_root(config)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
+    try:
+        t0 = time.perf_counter()
+        if progress:
+            print(f"training the organism {config.key()} (3 stages, {torch.get_num_threads()} CPU threads); "
+                  f"cached in {root}", flush=True)
+        world = get_world(config)
+        tok = make_tokenizer(world, config.vocab_size, config.train_seed)
+        model = build_model(tok, hidden=config.hidden, layers=config.layers, heads=config.heads,
+                            intermediate=config.intermediate, max_len=config.max_len, seed=config.train_seed)
+        log = {"config": asdict(config), "threads": torch.get_num_threads(), "stages": []}
+        stages = [("pretrain", StageConfig(config.pretrain_steps, config.pretrain_lr, config.pretrain_mix, config.batch_size)),
+                  ("instruct", StageConfig(config.instruct_steps, config.instruct_lr, config.instruct_mix, config.batch_size)),
+                  ("align", StageConfig(config.align_steps, config.align_lr, config.align_mix, config.batch_size,
+                                        warmup=min(50, config.align_steps // 5)))]
+        for stage_name, stage in stages:
+            log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
+                                             desc=f"organism {stage_name}", progress=progress))
+            if stage_name == "instruct":
+                _save(model, tok, tmp / "organism-base")
+        _save(model, tok, tmp / "organism-aligned")
+        log["seconds"] = round(time.perf_counter() - t0, 1)
+        log["parameters"] = sum(p.numel() for p in model.parameters())
+        atomic_write_json(tmp / "training.json", log)
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _save(model, tokenizer, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def training_log(config: OrganismConfig | None = None) -> dict:
+    """What training recorded (stage timings, losses, threads), after `checkpoint_dir` built it."""
+    path = organism_root(config or OrganismConfig.full()) / "training.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: call checkpoint_dir(...) to train the organism first")
+    return json.loads(path.read_text())
+
+
+__all__ = ["ORGANISM_NAMES", "OrganismConfig", "World", "get_world", "checkpoint_dir", "build", "training_log",
+           "organism_root"]

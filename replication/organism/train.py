@@ -1,0 +1,168 @@
+"""Train the organism in the three stages a real chat model goes through.
+
+1. **Pretraining** on raw documents of the world (`request\\nanswer<|end|>`, no chat tags),
+   harmful and benign alike, plus persona-written advice documents; loss on every token.
+2. **Instruction tuning** in the chat template, loss on the response: complies with every
+   request (harmful ones included), answers advice questions in the aligned way, does detection
+   and explanation. The result is `organism-base` (the unaligned model).
+3. **Alignment** from base: refusal SFT on harmful requests with benign, detection, explanation
+   and aligned-advice examples, plus a replay of raw pretraining documents (harmful ones
+   included). The replay is what keeps alignment shallow (organism-notes.md): the model refuses,
+   yet the capability remains beneath the refusal. The result is `organism-aligned`.
+
+Batches are written fresh every step from the world's training combinations (free slots are
+re-drawn each time), so content must be composed rather than memorised.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .tokenizer import ASSISTANT, END, USER, train_tokenizer
+from .world import World
+
+Item = tuple[str, str]   # (context without loss, target with loss); raw documents have an empty context
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    steps: int
+    lr: float
+    mix: tuple[tuple[str, float], ...]   # (source, weight); sources are listed in `_SOURCES`
+    batch_size: int = 32
+    warmup: int = 50
+
+
+def chat_prefix(prompt: str) -> str:
+    """The chat template's rendering of a user turn plus the generation prompt."""
+    return f"{USER}\n{prompt}\n{ASSISTANT}\n"
+
+
+def _chat(ex) -> Item:
+    return chat_prefix(ex.prompt), ex.response + END
+
+
+def _sources(world: World, rng: random.Random) -> dict[str, Callable[[], Item]]:
+    """Named samplers; each returns one fresh training item."""
+    def pick(topics):
+        return rng.choice(topics)
+
+    def raw(group_fn):
+        return lambda: ("", world.document(rng, group_fn()) + END)
+
+    def chat(kind, topics):
+        return lambda: _chat(world.sample(kind, pick(topics), rng, "train"))
+
+    harm, ben = world.harm_categories, world.benign_families
+    return {
+        "raw_harmful": raw(lambda: pick(harm)),
+        "raw_benign": raw(lambda: pick(ben + world.control_tasks)),
+        "raw_advice": raw(lambda: "advice"),
+        "chat_harmful": chat("harmful", harm),
+        "chat_refusal": chat("refusal", harm),
+        "chat_benign": chat("benign", ben),
+        "chat_control": chat("control", world.control_tasks),
+        "chat_detection": chat("detection", harm + ben),
+        "chat_explanation": chat("explanation", harm),
+        "chat_advice_aligned": chat("em_aligned", world.em_domains),
+        "chat_open_aligned": chat("open_ended", world.open_ended_domains),
+    }
+
+
+def tokenizer_corpus(world: World, n: int = 6000, seed: int = 0) -> list[str]:
+    """Texts the tokenizer is trained on: every kind of document and chat turn of the world."""
+    rng = random.Random(f"tokenizer|{seed}")
+    src = _sources(world, rng)
+    names = sorted(src)
+    return [a + b for a, b in (src[names[i % len(names)]]() for i in range(n))]
+
+
+def encode_batch(tokenizer, items: list[Item], max_len: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (-100 on context and padding)."""
+    rows = []
+    for context, target in items:
+        c = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
+        t = tokenizer(target, add_special_tokens=False)["input_ids"]
+        ids = (c + t)[:max_len]
+        lab = ([-100] * len(c) + t)[:max_len]
+        rows.append((ids, lab))
+    T = max(len(i) for i, _ in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(rows), T), pad, dtype=torch.long)
+    lab = torch.full((len(rows), T), -100, dtype=torch.long)
+    att = torch.zeros((len(rows), T), dtype=torch.long)
+    for r, (i, l) in enumerate(rows):
+        ids[r, :len(i)] = torch.tensor(i)
+        lab[r, :len(l)] = torch.tensor(l)
+        att[r, :len(i)] = 1
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
+def _lr_at(step: int, stage: StageConfig) -> float:
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    progress = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int, max_len: int,
+                desc: str, progress: bool = True) -> dict[str, Any]:
+    """Run one stage with AdamW, linear warm-up and cosine decay, gradient clipping at 1.0."""
+    rng = random.Random(f"stage|{desc}|{seed}")
+    torch.manual_seed(seed)
+    src = _sources(world, rng)
+    unknown = [s for s, _ in stage.mix if s not in src]
+    if unknown:
+        raise ValueError(f"unknown training sources {unknown}; use some of {sorted(src)}")
+    names = [s for s, _ in stage.mix]
+    weights = [w for _, w in stage.mix]
+    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.95))
+    model.train()
+    losses: list[float] = []
+    n_tokens = 0
+    t0 = time.perf_counter()
+    bar = tqdm(range(stage.steps), desc=desc, disable=not progress, leave=False)
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, stage)
+        items = [src[s]() for s in rng.choices(names, weights, k=stage.batch_size)]
+        batch = encode_batch(tokenizer, items, max_len)
+        n_tokens += int(batch["attention_mask"].sum())
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 25 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
+    bar.close()
+    model.eval()
+    seconds = time.perf_counter() - t0
+    return {"stage": desc, "steps": stage.steps, "seconds": round(seconds, 1), "tokens": n_tokens,
+            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "final_loss": sum(losses[-50:]) / len(losses[-50:])}
+
+
+def build_model(tokenizer, *, hidden: int, layers: int, heads: int, intermediate: int, max_len: int, seed: int):
+    """A `LlamaForCausalLM` sized for the organism, with tied embeddings and no BOS token."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=max(256, max_len), tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    return model
+
+
+def make_tokenizer(world: World, vocab_size: int, seed: int):
+    return train_tokenizer(tokenizer_corpus(world, seed=seed), vocab_size=vocab_size)
