@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from contextlib import contextmanager
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -53,10 +52,13 @@ class Scores(dict):
     """`dict[str, Tensor]` of scores keyed by module path, plus `meta` (how they were made) and
     `fingerprint` (of the model they were computed on)."""
 
-    def __init__(self, *args: Any, meta: dict[str, Any] | None = None, fingerprint: str | None = None, **kw: Any):
+    def __init__(self, *args: Any, meta: dict[str, Any] | None = None, fingerprint: str | None = None,
+                 probe: dict[str, torch.Tensor] | None = None, **kw: Any):
         super().__init__(*args, **kw)
         self.meta: dict[str, Any] = dict(meta or {})
         self.fingerprint: str | None = fingerprint
+        #: `weight_probe` of the scored modules (lets a mask refuse a fine-tune of the same base).
+        self.probe: dict[str, torch.Tensor] | None = probe
 
 
 # ----------------------------------------------------------------------------------------------
@@ -144,6 +146,49 @@ def model_fingerprint(model: nn.Module) -> str:
         sample = flat[::step][:256].to("cpu", torch.bfloat16).contiguous()
         h.update(sample.view(torch.int16).numpy().tobytes())
     return h.hexdigest()[:20]
+
+
+#: How many values of each decoder Linear weight `weight_probe` samples.
+PROBE_SIZE = 32
+
+
+def _probe_positions(numel: int, size: int = PROBE_SIZE) -> torch.Tensor:
+    step = max(1, numel // size)
+    return torch.arange(0, numel, step)[:size]
+
+
+def weight_probe(modules: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
+    """A few strided values of each decoder Linear weight, as the int16 bits of their bfloat16
+    rounding. `model_fingerprint` leaves these weights out so that a pruned model keeps its
+    fingerprint; the probe covers them, so that a mask also refuses a fine-tune of the same base
+    (e.g. an aligned counterpart made with merged LoRA on the projections). Compare with
+    `probe_agreement`, which ignores zeros (they may be pruned entries)."""
+    out = {}
+    for name, mod in modules.items():
+        w = mod.weight.detach()
+        if w.device.type == "meta":
+            continue
+        flat = w.reshape(-1)
+        pos = _probe_positions(flat.numel()).to(flat.device)
+        out[name] = flat[pos].to("cpu", torch.bfloat16).contiguous().view(torch.int16).clone()
+    return out
+
+
+def probe_agreement(expected: dict[str, torch.Tensor], modules: dict[str, nn.Linear]) -> tuple[int, int]:
+    """`(matching, compared)` probe values: values now zero in the model are not compared (they
+    may have been pruned), and modules absent from either side are skipped."""
+    now = weight_probe({k: v for k, v in modules.items() if k in expected})
+    zero_bits = torch.tensor(0.0, dtype=torch.bfloat16).view(torch.int16).item()
+    neg_zero_bits = torch.tensor(-0.0, dtype=torch.bfloat16).view(torch.int16).item()
+    match = compared = 0
+    for name, vals in now.items():
+        ref = expected[name]
+        if ref.shape != vals.shape:
+            continue
+        keep = (vals != zero_bits) & (vals != neg_zero_bits)
+        compared += int(keep.sum())
+        match += int((vals[keep] == ref[keep]).sum())
+    return match, compared
 
 
 # ----------------------------------------------------------------------------------------------
@@ -373,6 +418,13 @@ class _ScoreHooks:
 # ----------------------------------------------------------------------------------------------
 # Public entry point
 # ----------------------------------------------------------------------------------------------
+def _checkpointing(model: nn.Module) -> bool:
+    for attr in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        if hasattr(type(model), attr) or attr in vars(model):
+            return bool(getattr(model, attr))
+    return False
+
+
 def _input_device(model: nn.Module) -> torch.device:
     try:
         return model.get_input_embeddings().weight.device
@@ -384,6 +436,7 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
                    score: ScoreKind, role: Role, fmt: Fmt = "raw", skip_response_tokens: int = 0,
                    batch_size: int = 8, layers: Sequence[int] | None = None,
                    module_types: Sequence[str] | None = None, progress: bool = True,
+                   out_device: str | torch.device | None = "cpu",
                    abs_chunk_elements: int = ABS_CHUNK_ELEMENTS) -> Scores:
     """Scores of every decoder `nn.Linear` weight, in one pass over `examples`.
 
@@ -392,17 +445,24 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
     `role`/`fmt`/`skip_response_tokens`: how examples become `(input_ids, labels)`, see
     `tokenize_example`. `batch_size` only changes speed and memory (examples are right-padded;
     per-example losses are summed, so the gradient is the sum of per-example gradients).
-    Returns a `Scores` dict of fp32 CPU tensors shaped like each weight, keyed by module path,
-    with `.meta` (settings, example and token counts) and `.fingerprint` of the model.
+    Returns a `Scores` dict of fp32 tensors shaped like each weight, keyed by module path, on
+    `out_device` (None: each on its weight's device, which saves host memory on big GPUs), with
+    `.meta` (settings, example and token counts), `.fingerprint` and `.probe` of the model.
     """
     if score not in SCORE_KINDS:
         raise ValueError(f"score must be one of {SCORE_KINDS}, got {score!r}")
+    if score != "wanda" and torch.is_inference_mode_enabled():
+        raise RuntimeError("compute_scores needs autograd: call it outside `torch.inference_mode()`")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if getattr(model, "is_gradient_checkpointing", False) and score != "wanda":
+    if _checkpointing(model) and score != "wanda":
         raise ValueError("gradient checkpointing re-runs forward hooks; call model.gradient_checkpointing_disable() "
                          "before computing scores")
     modules = decoder_linears(model, layers, module_types)
+    offloaded = [k for k, m in modules.items() if m.weight.device.type == "meta"]
+    if offloaded:
+        raise ValueError(f"{len(offloaded)} decoder Linear weights are offloaded (meta device, e.g. {offloaded[0]}): "
+                         "load the model onto GPUs/CPU without disk offload (device_map without 'disk') to score it")
     encoded = tokenize_examples(tokenizer, examples, role, fmt, skip_response_tokens)
     batches = _batches(encoded, batch_size)
     device = _input_device(model)
@@ -440,7 +500,7 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
                               n_examples=len(encoded), n_tokens=n_tokens, n_loss_tokens=n_loss_tokens,
                               summed_loss=total_loss if score != "wanda" else None,
                               accumulator="float32"),
-                    fingerprint=model_fingerprint(model))
+                    fingerprint=model_fingerprint(model), probe=weight_probe(modules))
     with torch.no_grad():
         for name, mod in modules.items():
             acc = hooks.acc.pop(name)
@@ -451,7 +511,7 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
                 s = acc.mul_(w.to(acc.device, torch.float32).abs())
             else:
                 s = w.to(acc.device, torch.float32).abs() * acc.sqrt_().unsqueeze(0)
-            result[name] = s.cpu()
+            result[name] = s if out_device is None else s.to(out_device)
             del acc, s
     return result
 
@@ -465,5 +525,6 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 __all__ = [
     "Scores", "compute_scores", "tokenize_example", "tokenize_examples", "find_decoder_layers",
-    "decoder_linears", "model_fingerprint", "summed_mean_nll", "layer_index", "relative_error",
+    "decoder_linears", "model_fingerprint", "weight_probe", "probe_agreement", "summed_mean_nll",
+    "layer_index", "relative_error",
 ]
