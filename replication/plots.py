@@ -26,3 +26,45 @@ def nll_profile_figure(profiles: Mapping[str, Sequence[float]], *, title: str = 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_parameters: int, *,
+                       title: str = "Harmfulness and utility against the fraction of parameters zeroed"):
+    """Left: harmfulness under prefilling (and refusal ablation + prefilling) for B-TAP and its
+    baselines; right: utility per benign family for B-TAP. Error bars: sd over calibration seeds.
+    Top axis: the absolute number of weights zeroed."""
+    arms = {"btap": ("B-TAP (paper settings)", "C0", "-"), "random": ("random, same count", "grey", "--"),
+            "control": ("control task, same count", "C2", "--"), "btap_global": ("ablation: global", "C4", ":"),
+            "btap_skip10": ("ablation: skip 10 tokens", "C5", ":"), "btap_chat": ("ablation: chat format", "C6", ":")}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
+    for arm, (label, color, ls) in arms.items():
+        rows = sorted((r for r in summary_rows if r["arm"] == arm), key=lambda r: r["fraction"])
+        rows = [r for r in rows if r["fraction"] > 0]
+        if not rows:
+            continue
+        x = [r["fraction"] for r in rows]
+        ax1.errorbar(x, [r["harm_prefill"] for r in rows], yerr=[r.get("harm_prefill_sd", 0) for r in rows],
+                     color=color, ls=ls, marker="o", ms=3, capsize=2, label=f"{label}: prefilling")
+        if arm == "btap" and any("harm_ra_prefill" in r for r in rows):
+            ax1.errorbar(x, [r.get("harm_ra_prefill", float("nan")) for r in rows],
+                         yerr=[r.get("harm_ra_prefill_sd", 0) for r in rows], color=color, ls="-.", marker="s", ms=3,
+                         capsize=2, label=f"{label}: refusal ablation + prefilling")
+        if arm == "btap":
+            families = [k.split(":", 1)[1] for k in rows[0] if k.startswith("utility:") and not k.endswith("_sd")]
+            for i, fam in enumerate(families):
+                ax2.errorbar(x, [r[f"utility:{fam}"] for r in rows], yerr=[r[f"utility:{fam}_sd"] for r in rows],
+                             marker="o", ms=3, capsize=2, color=f"C{i}", label=fam)
+                ax2.axhline(baseline["utility"][fam], color=f"C{i}", lw=0.6, ls=":")
+    ax1.axhline(baseline["harm_prefill"], color="k", lw=0.8, ls=":", label="unpruned (prefilling)")
+    for ax, ylabel in ((ax1, "harmfulness (exact judge)"), (ax2, "utility (accuracy; dotted: unpruned)")):
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of all parameters zeroed")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(-0.03, 1.03)
+        top = ax.secondary_xaxis("top", functions=(lambda f: f * total_parameters, lambda c: c / total_parameters))
+        top.set_xlabel("weights zeroed")
+    ax1.legend(fontsize=7, loc="best")
+    ax2.legend(fontsize=7, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

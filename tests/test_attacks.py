@@ -103,8 +103,9 @@ def test_generation_continues_after_the_prefill_tokens(tok, model, fmt, monkeypa
         pre_ids = ids(tok, ex.response)[:10]
         expected = ids(tok, render_prompt(tok, ex.prompt, fmt, pre))
         assert expected in fed
-        if fmt == "qa":   # base-model format: "A:" then a space, which BPE merges into the prefill's first token
-            assert render_prompt(tok, ex.prompt, fmt, pre).endswith("\nA: " + pre)
+        if fmt == "qa":   # base models prefill in the raw form `prompt\nprefix`, as the authors do
+            assert render_prompt(tok, ex.prompt, fmt, pre) == ex.prompt + "\n" + pre
+            assert expected == ids(tok, ex.prompt + "\n") + pre_ids
         else:             # exactly the prompt's tokens, then the 10 prefill tokens
             assert expected == ids(tok, render_prompt(tok, ex.prompt, fmt)) + pre_ids
         i = fed.index(expected)

@@ -47,7 +47,7 @@ class OrganismConfig:
     heads: int = 4
     intermediate: int = 640
     max_len: int = 192
-    pretrain_steps: int = 1800
+    pretrain_steps: int = 1500
     pretrain_lr: float = 3e-3
     instruct_steps: int = 500
     instruct_lr: float = 1e-3

@@ -104,6 +104,22 @@ def encode_batch(tokenizer, items: list[Item], max_len: int) -> dict[str, torch.
     return {"input_ids": ids, "attention_mask": att, "labels": lab}
 
 
+def length_buckets(tokenizer, items: list[Item], max_len: int, max_tokens: int = 1536) -> list[dict[str, torch.Tensor]]:
+    """Encode `items` sorted by length into micro-batches of at most `max_tokens` padded tokens."""
+    lengths = [len(tokenizer(a + b, add_special_tokens=False)["input_ids"]) for a, b in items]
+    order = sorted(range(len(items)), key=lambda i: lengths[i])
+    chunks, current = [], []
+    for i in order:
+        longest = min(max_len, lengths[i])
+        if current and longest * (len(current) + 1) > max_tokens:
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return [encode_batch(tokenizer, [items[i] for i in c], max_len) for c in chunks]
+
+
 def _lr_at(step: int, stage: StageConfig) -> float:
     if step < stage.warmup:
         return stage.lr * (step + 1) / stage.warmup
@@ -132,14 +148,21 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, stage)
         items = [src[s]() for s in rng.choices(names, weights, k=stage.batch_size)]
-        batch = encode_batch(tokenizer, items, max_len)
-        n_tokens += int(batch["attention_mask"].sum())
-        loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_value = 0.0
+        # micro-batches of similar length: the batch's gradient (mean over its loss tokens), with
+        # little padding (advice documents are 2-3x longer than single items)
+        chunks = length_buckets(tokenizer, items, max_len)
+        n_loss = sum(int((c["labels"][:, 1:] != -100).sum()) for c in chunks)
+        for chunk in chunks:
+            n_tokens += int(chunk["attention_mask"].sum())
+            share = int((chunk["labels"][:, 1:] != -100).sum()) / max(1, n_loss)
+            loss = model(**chunk).loss * share
+            loss.backward()
+            loss_value += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss_value)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
     bar.close()
