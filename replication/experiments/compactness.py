@@ -188,12 +188,14 @@ def run_compactness(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None
                     progress: bool = True) -> dict[str, Any]:
     from ..pruning import Mask, applied, select_weights, wei_set_difference
     from ..scoring import compute_scores
+    from ..models import resolve_preset
     t0 = time.perf_counter()
-    loaded = loaded or load_model(cfg.model, scale=cfg.scale)
-    if loaded.preset.source != "organism":
+    if resolve_preset(cfg.model).source != "organism":
         raise NotImplementedError(
-            f"the compactness sweep judges harmfulness with the organism's exact judge; {cfg.model!r} needs a "
-            "generation judge (StrongREJECT, online) which this experiment does not wire in yet")
+            f"the compactness sweep judges harmfulness with the organism's exact judge, so it runs on "
+            f"organism-aligned / organism-base only; {cfg.model!r} would need a generation judge (StrongREJECT, "
+            "online), which this experiment does not wire in yet")
+    loaded = loaded or load_model(cfg.model, scale=cfg.scale)
     model, tok = loaded.model, loaded.tokenizer
     p = cfg.p if cfg.p is not None else loaded.preset.p
     qs = sorted(cfg.qs or default_qs(loaded))
