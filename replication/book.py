@@ -25,6 +25,9 @@ BUILD_DIR = REPO_ROOT / "_build"
 
 
 def _rel(path: Path) -> str:
+    if not path.resolve().is_relative_to(REPO_ROOT):
+        raise RuntimeError(f"{path} is outside the repository, so the book cannot render it: unset HARMPRUNE_RESULTS "
+                           f"(or point it inside {REPO_ROOT}) and re-run the findings")
     return str(path.resolve().relative_to(REPO_ROOT)).removesuffix(".ipynb").removesuffix(".md")
 
 
