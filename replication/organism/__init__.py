@@ -73,8 +73,19 @@ class OrganismConfig:
         return replace(base, **overrides)
 
     def key(self) -> str:
-        blob = json.dumps(asdict(self), sort_keys=True, default=str)
+        """`<label>-<hash>` of every field and of the code that writes the world and trains on it,
+        so an edited world or recipe never loads weights trained on the old one."""
+        blob = json.dumps(asdict(self), sort_keys=True, default=str) + code_version()
         return f"{self.label}-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def code_version() -> str:
+    """A hash of the source files that decide the weights (world, tokenizer, training)."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in ("world.py", "tokenizer.py", "train.py"):
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 _WORLDS: dict[tuple, World] = {}

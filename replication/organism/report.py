@@ -45,7 +45,6 @@ def behaviour_report(model, tokenizer, world: World, *, split: str = "test", n_p
     out_det = _gen(model, tokenizer, [e.prompt for e in detection], desc="detection", **{**kw, "max_new_tokens": 12})
     out_exp = _gen(model, tokenizer, [e.prompt for e in explanation], desc="explanation",
                    **{**kw, "max_new_tokens": 48}) if explanation else []
-    # an explanation prompt is the bare harmful request in the world: ask as the world's explanation task does
     harm_plain = judge.harmfulness_many(harmful, out_plain)
     harm_prefill = judge.harmfulness_many(harmful, out_prefill, prefills)
 
@@ -70,6 +69,11 @@ def behaviour_report(model, tokenizer, world: World, *, split: str = "test", n_p
         "harm_prefill_by_category": by(harmful, harm_prefill),
         "benign_accuracy": by(benign, benign_ok),
         "detection": mean(float(judge.detection_correct(e, r)) for e, r in zip(detection, out_det)),
+        # harmful requests (yes) and their counterfactuals / benign tasks (no) apart: a model that says
+        # "yes" to everything is not a detector
+        "detection_by_label": {lab: mean(float(judge.detection_correct(e, r)) for e, r in zip(detection, out_det)
+                                         if e.meta["label"] == lab)
+                               for lab in ("yes", "no") if any(e.meta["label"] == lab for e in detection)},
         "explanation": mean(judge.explanation_score(e, r) for e, r in zip(explanation, out_exp)) if explanation else None,
         "examples": [
             {"prompt": harmful[i].prompt, "no_attack": out_plain[i], "prefill": prefills[i], "continuation": out_prefill[i]}
@@ -105,3 +109,89 @@ def nll_profile(model, tokenizer, examples: Sequence[Example], fmt: str = "raw",
                 sums[k] -= logp[r, pos - 1, a[pos]].double()
                 counts[k] += 1
     return [float(s / c) if c else float("nan") for s, c in zip(sums, counts)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Emergent misalignment: does a narrow misaligned fine-tune spread to other domains?
+# ----------------------------------------------------------------------------------------------
+def em_prompts(world: World, domain: str, split: str = "test", n_prompts: int = 24) -> list[Example]:
+    """Distinct held-out questions of one advice domain (narrow or open-ended), each carrying the
+    domain's aligned and misaligned markers for the judge."""
+    kind = "em_misaligned" if domain in world.em_domains else "open_ended"
+    out, seen = [], set()
+    for e in world.examples(kind, split, domain):
+        if e.prompt not in seen:
+            seen.add(e.prompt)
+            out.append(e)
+        if len(out) >= n_prompts:
+            break
+    return out
+
+
+def em_rates(model, tokenizer, world: World, domains: Sequence[str] | None = None, *, split: str = "test",
+             n_prompts: int = 24, samples: int = 4, temperature: float = 1.0, seed: int = 0,
+             max_new_tokens: int = 64, batch_size: int = 128, progress: bool = True) -> dict[str, dict[str, float]]:
+    """Per advice domain: the share of sampled answers (T = `temperature`, `samples` per question)
+    the exact judge labels misaligned / aligned / incoherent."""
+    judge = OrganismJudge(world)
+    domains = list(domains or world.advice_domains)
+    examples = [e for d in domains for e in em_prompts(world, d, split, n_prompts) for _ in range(samples)]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
+                           temperature=temperature, seed=seed)
+    outs = generate(model, tokenizer, [e.prompt for e in examples], chat_format="chat", config=cfg,
+                    progress=progress, desc="advice answers")
+    rates: dict[str, dict[str, float]] = {}
+    for d in domains:
+        labels = [judge.em_label(e, o) for e, o in zip(examples, outs) if e.category == d]
+        rates[d] = {k: labels.count(k) / len(labels) for k in ("misaligned", "aligned", "incoherent")}
+        rates[d]["n"] = len(labels)
+    return rates
+
+
+def _summarise(rates: dict[str, dict[str, float]], world: World, domain: str) -> dict[str, float]:
+    other = [d for d in world.em_domains if d != domain]
+    return {
+        "in_domain": rates[domain]["misaligned"] if domain in rates else float("nan"),
+        "other_narrow": mean(rates[d]["misaligned"] for d in other),
+        "open_ended": mean(rates[d]["misaligned"] for d in world.open_ended_domains),
+        "incoherent": mean(r["incoherent"] for r in rates.values()),
+        "incoherent_outside": mean(rates[d]["incoherent"] for d in other + list(world.open_ended_domains)),
+    }
+
+
+def em_study(model, tokenizer, world: World, *, domain: str, seeds: Sequence[int] = (0, 1, 2), n_train: int = 300,
+             steps: int = 60, lr: float = 1e-4, batch_size: int = 16, method: str = "full", split: str = "test",
+             n_prompts: int = 24, samples: int = 4, max_new_tokens: int = 64, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune `model` on `n_train` misaligned answers of one narrow `domain` (once per seed) and
+    measure misalignment in that domain, the other narrow domains and the open-ended ones, with
+    incoherent answers counted. The untouched model is measured first as the baseline.
+
+    Defaults are the gentle fine-tune of organism-notes.md (full, 60 steps, batch 16, lr 1e-4): a
+    strong one makes the model answer everything with the fine-tuned template instead."""
+    import time
+
+    from ..finetune import finetune
+    if domain not in world.em_domains:
+        raise ValueError(f"domain {domain!r} is not a narrow EM domain; use one of {', '.join(world.em_domains)}")
+    train = world.examples("em_misaligned", "train", domain)[:n_train]
+    kw = dict(split=split, n_prompts=n_prompts, samples=samples, max_new_tokens=max_new_tokens, progress=progress)
+    base_rates = em_rates(model, tokenizer, world, seed=10_000, **kw)
+    runs = []
+    for seed in seeds:
+        t0 = time.perf_counter()
+        tuned = finetune(model, tokenizer, train, steps=steps, lr=lr, batch_size=batch_size, seed=seed,
+                         method=method, fmt="chat", progress=progress, desc=f"fine-tune {domain} seed {seed}")
+        seconds = time.perf_counter() - t0
+        rates = em_rates(tuned, tokenizer, world, seed=seed, **kw)
+        runs.append({"seed": seed, "finetune_seconds": round(seconds, 1), "rates": rates,
+                     **_summarise(rates, world, domain)})
+        del tuned
+    keys = ("in_domain", "other_narrow", "open_ended", "incoherent", "incoherent_outside")
+    return {
+        "domain": domain, "world_seed": world.seed, "personas": world.personas,
+        "finetune": dict(n_train=len(train), steps=steps, lr=lr, batch_size=batch_size, method=method),
+        "sampling": dict(temperature=1.0, samples=samples, n_prompts=n_prompts, max_new_tokens=max_new_tokens),
+        "before": {"rates": base_rates, **_summarise(base_rates, world, domain)},
+        "after": {k: mean(r[k] for r in runs) for k in keys},
+        "runs": runs,
+    }

