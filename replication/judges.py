@@ -586,8 +586,16 @@ def sequence_nll(model, tokenizer, contexts: Sequence[str], targets: Sequence[st
                 attn[r, :len(seq)] = 1
                 labels[r, len(c):len(seq)] = torch.tensor(t)
             ids, labels, attn = ids.to(device), labels.to(device), attn.to(device)
-            logits = model(input_ids=ids, attention_mask=attn).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
+            # logits only where some row predicts a target token: the vocabulary projection and the
+            # fp32 copy of context positions are most of a forward pass's waste on long prompts
+            lo = max(0, min(len(rows[i][0]) for i in batch) - 1)
+            if lo > 0 and _keeps_logits(model):
+                keep = torch.arange(lo, width - 1, device=device)
+                shift_logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=keep).logits.float()
+                shift_labels = labels[:, lo + 1:]
+            else:
+                logits = model(input_ids=ids, attention_mask=attn).logits.float()
+                shift_logits, shift_labels = logits[:, :-1], labels[:, 1:]
             tok_nll = torch.nn.functional.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=-100,
                                                         reduction="none")
             mask = (shift_labels != -100).float()
@@ -597,6 +605,17 @@ def sequence_nll(model, tokenizer, contexts: Sequence[str], targets: Sequence[st
     finally:
         model.train(was_training)
     return nll, ntok
+
+
+def _keeps_logits(model) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` (transformers' causal LMs do; others get the
+    full logits)."""
+    import inspect
+
+    try:
+        return "logits_to_keep" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def reference_remainder(tokenizer, reference: str, prefill: str) -> str:

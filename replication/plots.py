@@ -8,31 +8,55 @@ import matplotlib.pyplot as plt
 
 def nll_profile_figure(profiles: Mapping[str, Sequence[float]], *, title: str = "Per-position NLL of held-out responses",
                        skip_line: int | None = 10):
-    """Mean NLL at each response position, one line per (model, data) curve.
+    """Mean NLL at each response position, one line per (model, data) curve; one panel per
+    scoring format when the labels end in `raw/...` or `chat/...`.
 
     A profile that is ~0 past the first tokens means the content is memorised: gradient scores
     would then rank only the comply-or-refuse decision (organism-notes.md).
     """
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    groups: dict[str, dict[str, Sequence[float]]] = {}
     for label, values in profiles.items():
-        ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
-    if skip_line:
-        ax.axvline(skip_line + 0.5, color="grey", ls=":", lw=1)
-        ax.text(skip_line + 0.7, ax.get_ylim()[1] * 0.9, "prefill ends", color="grey", fontsize=8)
-    ax.set_xlabel("response token position")
-    ax.set_ylabel("mean NLL (nats)")
-    ax.set_yscale("symlog", linthresh=0.1)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+        head, _, tail = label.rpartition(" ")
+        fmt = tail.split("/", 1)[0] if "/" in tail else ""
+        groups.setdefault(fmt, {})[f"{head} {tail.split('/', 1)[-1]}".strip()] = values
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 3.6), sharey=True, squeeze=False)
+    for ax, (fmt, curves) in zip(axes[0], groups.items()):
+        for label, values in curves.items():
+            ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
+        ax.set_yscale("symlog", linthresh=0.1)
+        ax.set_ylim(bottom=0)
+        if skip_line:
+            ax.axvline(skip_line + 0.5, color="grey", ls=":", lw=1)
+            ax.text(skip_line + 0.7, 0.02, "prefill ends", color="grey", fontsize=8)
+        ax.set_xlabel("response token position")
+        ax.set_title(f"{fmt} format" if fmt else "")
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("mean NLL (nats, symlog)")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
+def profile_summary(profiles: Mapping[str, Sequence[float]], start: int = 10) -> dict[str, dict[str, float]]:
+    """Per curve: NLL at the first response token, and the mean NLL past position `start` (the part
+    of a response a 10-token prefill does not give away)."""
+    import math
+    out = {}
+    for label, values in profiles.items():
+        tail = [v for v in values[start:] if not math.isnan(v)]
+        out[label] = {"position 1": float(values[0]) if values else float("nan"),
+                      f"mean past position {start}": sum(tail) / len(tail) if tail else float("nan")}
+    return out
+
+
 def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_parameters: int, *,
-                       title: str = "Harmfulness and utility against the fraction of parameters zeroed"):
+                       title: str = "Harmfulness and utility against the fraction of parameters zeroed",
+                       harm_label: str = "harmfulness (exact judge)",
+                       utility_label: str = "utility (accuracy; dotted: unpruned)"):
     """Left: harmfulness under prefilling (and refusal ablation + prefilling) for B-TAP and its
-    baselines; right: utility per benign family for B-TAP. Error bars: sd over calibration seeds.
-    Top axis: the absolute number of weights zeroed."""
+    baselines; right: utility per measure for B-TAP. Error bars: sd over calibration seeds.
+    Top axis: the absolute number of weights zeroed. The axis labels name the judge
+    (`experiments.compactness.axis_labels(result)` gives them for a result)."""
     arms = {"btap": ("B-TAP (paper settings)", "C0", "-"), "random": ("random, same count", "grey", "--"),
             "control": ("control task, same count", "C2", "--"), "btap_global": ("ablation: global", "C4", ":"),
             "btap_skip10": ("ablation: skip 10 tokens", "C5", ":"), "btap_chat": ("ablation: chat format", "C6", ":")}
@@ -56,7 +80,7 @@ def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_param
                              marker="o", ms=3, capsize=2, color=f"C{i}", label=fam)
                 ax2.axhline(baseline["utility"][fam], color=f"C{i}", lw=0.6, ls=":")
     ax1.axhline(baseline["harm_prefill"], color="k", lw=0.8, ls=":", label="unpruned (prefilling)")
-    for ax, ylabel in ((ax1, "harmfulness (exact judge)"), (ax2, "utility (accuracy; dotted: unpruned)")):
+    for ax, ylabel in ((ax1, harm_label), (ax2, utility_label)):
         ax.set_xscale("log")
         ax.set_xlabel("fraction of all parameters zeroed")
         ax.set_ylabel(ylabel)

@@ -164,6 +164,18 @@ def load_benign_instructions(split: str | None = None, families: Sequence[str] |
     return _filter_split(out, split)
 
 
+def load_trivia(split: str | None = None) -> list[Example]:
+    """The project's trivia set (kind "control", category "trivia", empty response, gold answers in
+    `meta["answers"]`, topic in `meta["topic"]`): the real models' control prune data (train split,
+    answered by the reference model) and QA-accuracy items (test split, `evaluate.qa_correct`)."""
+    from .trivia import all_trivia
+
+    out = [Example(prompt=q, category="trivia", kind="control", split=_split_of(q),
+                   meta={"source": "harmprune-trivia", "topic": topic, "answers": list(answers)})
+           for topic, q, answers in all_trivia()]
+    return _filter_split(out, split)
+
+
 # ------------------------------------------------------------------------------------------------
 # hub loaders (online users)
 # ------------------------------------------------------------------------------------------------
@@ -396,44 +408,77 @@ CHUNK = 128
 
 
 def _chunked_self_generate(model_name_or_loaded, prompts: list[Example], *, n: int | None, cache_key: str,
-                           gen_config: GenerationConfig | None, progress: bool) -> SelfGenerated:
-    """`self_generate` over `prompts` in fixed chunks of `CHUNK`, stopping once `n` answers are kept.
+                           gen_config: GenerationConfig | None, progress: bool, chat_format: str = "chat",
+                           chunk: int | None = None, max_prompts: int | None = None,
+                           stop: Any = None) -> SelfGenerated:
+    """`self_generate` over `prompts` in fixed chunks of `chunk` (None: `CHUNK`), stopping once `n` answers are kept
+    (or `stop(kept, filtered)` is true, or no new chunk starts at or past `max_prompts`).
 
     The chunks are fixed by the prompt order and generation is greedy, so which prompts are
-    generated (and kept) is deterministic; only as many prompts as needed cost generation time."""
+    generated (and kept) is deterministic; only as many prompts as needed cost generation time.
+    Chunks of the default size are cached under `<cache_key>-c<i>`, so every caller walking the
+    same prompts with the same model shares them (e.g. the prune set and a refusal count)."""
     kept: list[Example] = []
     filtered: list[Example] = []
     config, first_path = {}, None
-    for start in range(0, len(prompts), CHUNK):
-        gen = self_generate(model_name_or_loaded, prompts[start:start + CHUNK], gen_config=gen_config or SELF_GEN_CONFIG,
-                            progress=progress, cache_key=f"{cache_key}-c{start // CHUNK}")
+    chunk = chunk or CHUNK     # read at call time (None: the module's CHUNK)
+    tag = "" if chunk == CHUNK else f"-k{chunk}"
+    for start in range(0, len(prompts), chunk):
+        if max_prompts is not None and start >= max_prompts:   # whole chunks only, so caches stay shared
+            break
+        gen = self_generate(model_name_or_loaded, prompts[start:start + chunk],
+                            gen_config=gen_config or SELF_GEN_CONFIG, chat_format=chat_format,
+                            progress=progress, cache_key=f"{cache_key}{tag}-c{start // chunk}")
         kept += list(gen)
         filtered += gen.filtered
         config, first_path = gen.config, first_path or gen.path
-        if n is not None and len(kept) >= n:
+        if (n is not None and len(kept) >= n) or (stop is not None and stop(kept, filtered)):
             break
     return SelfGenerated(kept[:n] if n is not None else kept, filtered, config, first_path)
 
 
 def harmful_prune_set(model_name_or_loaded="smollm2-135m-instruct", *, sources: Sequence[str] = ("donotanswer", "harmbench"),
                       split: str = "train", n: int | None = 412, gen_config: GenerationConfig | None = None,
-                      progress: bool = True) -> SelfGenerated:
+                      progress: bool = True, chat_format: str = "chat", chunk: int | None = None,
+                      max_prompts: int | None = None, stop: Any = None) -> SelfGenerated:
     """B-TAP's prune set for a real model: harmful prompts of `split` answered by the model itself,
     refusals dropped (and counted in `.filtered`); the first `n` kept answers (all with `n=None`).
 
     Prompts are ordered by a stable hash, so the `n` kept are a deterministic, category-mixed sample;
-    generation stops at the first chunk of prompts that brings the kept count to `n`."""
+    generation stops at the first chunk of prompts that brings the kept count to `n` (or makes
+    `stop(kept, refused)` true: a model's own refusals are collected the same way)."""
     prompts = sorted(load_harmful(sources, split=split), key=lambda ex: stable_hash("prune\x00" + ex.prompt))
     return _chunked_self_generate(model_name_or_loaded, prompts, n=n, gen_config=gen_config, progress=progress,
-                                  cache_key=f"harmful-{'-'.join(sources)}-{split}")
+                                  cache_key=f"harmful-{'-'.join(sources)}-{split}", chat_format=chat_format,
+                                  chunk=chunk, max_prompts=max_prompts, stop=stop)
 
 
 def benign_preserve_set(model_name_or_loaded="smollm2-135m-instruct", *, split: str = "train", n: int | None = None,
-                        gen_config: GenerationConfig | None = None, progress: bool = True) -> SelfGenerated:
+                        gen_config: GenerationConfig | None = None, progress: bool = True, chat_format: str = "chat",
+                        chunk: int | None = None) -> SelfGenerated:
     """B-TAP's preserve set (and the safety SFT's benign data) for a real model: the project's benign
     instructions of `split` answered by the model itself, refusals dropped (and counted).
 
     Ordered by a stable hash (families mixed), so any first `n` is a deterministic sample."""
     prompts = sorted(load_benign_instructions(split=split), key=lambda ex: stable_hash("preserve\x00" + ex.prompt))
     return _chunked_self_generate(model_name_or_loaded, prompts, n=n, gen_config=gen_config, progress=progress,
-                                  cache_key=f"benign-{split}")
+                                  cache_key=f"benign-{split}", chat_format=chat_format, chunk=chunk)
+
+
+def trivia_control_set(model_name_or_loaded="smollm2-135m-instruct", *, split: str = "train", n: int | None = None,
+                       gen_config: GenerationConfig | None = None, progress: bool = True, chat_format: str = "chat",
+                       chunk: int | None = None) -> SelfGenerated:
+    """The control task's prune set for a real model (the paper prunes with TriviaQA as a control):
+    trivia questions of `split` answered by the model itself, refusals dropped (and counted). Every
+    answer is kept whether right or wrong (`meta["correct"]` says which): the control is "benign
+    factual text of the same form", scored exactly as the harmful prune set is.
+
+    Ordered by a stable hash (topics mixed), so any first `n` is a deterministic sample."""
+    from .evaluate import qa_correct
+
+    prompts = sorted(load_trivia(split=split), key=lambda ex: stable_hash("control\x00" + ex.prompt))
+    gen = _chunked_self_generate(model_name_or_loaded, prompts, n=n, gen_config=gen_config, progress=progress,
+                                 cache_key=f"trivia-{split}", chat_format=chat_format, chunk=chunk)
+    for ex in list(gen) + gen.filtered:
+        ex.meta["correct"] = qa_correct(ex.response, ex.meta["answers"])
+    return gen

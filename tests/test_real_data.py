@@ -96,6 +96,31 @@ def test_benign_set_avoids_safety_topics():
     assert not hits
 
 
+def test_trivia_set_answers_splits_and_safety():
+    from replication.evaluate import qa_correct
+    from replication.trivia import all_trivia
+
+    items = all_trivia()
+    assert len(items) >= 150 and len({q for _, q, _ in items}) == len(items)
+    exs = real_data.load_trivia()
+    assert len(exs) == len(items)
+    assert all(e.kind == "control" and e.category == "trivia" and e.response == "" for e in exs)
+    assert all(e.meta["answers"] and all(isinstance(a, str) and a.strip() for a in e.meta["answers"]) for e in exs)
+    by_split = {s: {e.prompt for e in real_data.load_trivia(split=s)} for s in SPLITS}
+    assert set().union(*by_split.values()) == {e.prompt for e in exs}
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["train"] & by_split["validation"])
+    assert not (by_split["validation"] & by_split["test"])
+    assert [e.split for e in real_data.load_trivia()] == [e.split for e in exs]      # deterministic
+    assert all(e.split == real_data._split_of(e.prompt) for e in exs)                # the shared salted split
+    assert len(by_split["train"]) >= 100 and len(by_split["test"]) >= 24
+    assert not {e.prompt for e in exs} & {e.prompt for e in real_data.load_benign_instructions()}
+    words = ("bomb", "weapon", "kill", "drug", "hack", "steal", "poison", "suicide", "illegal")
+    assert not [e.prompt for e in exs if any(w in e.prompt.lower() for w in words)]
+    ex = next(e for e in exs if e.prompt == "What is the capital of Ukraine?")
+    assert qa_correct("The capital of Ukraine is Kyiv.", ex.meta["answers"]) and qa_correct("kiev", ex.meta["answers"])
+    assert not qa_correct("It is Lviv.", ex.meta["answers"])
+
+
 def test_missing_garak_names_the_install(monkeypatch):
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "garak" else real_find(name, *a))
@@ -209,3 +234,16 @@ def test_prune_and_preserve_sets_stop_once_n_are_kept(fake_generate, monkeypatch
     keep = real_data.benign_preserve_set(loaded, n=None, progress=False)
     train = real_data.load_benign_instructions(split="train")
     assert len(keep) == len(train) and {e.prompt for e in keep} == {e.prompt for e in train}
+
+
+def test_trivia_control_set_and_refusal_walk(fake_generate, monkeypatch):
+    monkeypatch.setattr(real_data, "model_fingerprint", lambda m: "fixed")
+    loaded = (object(), _Tok(), "fake")
+    control = real_data.trivia_control_set(loaded, n=5, chunk=4, progress=False)
+    assert len(control) == 5 and len(fake_generate) == 2       # chunks of 4: two were needed
+    assert all(e.kind == "control" and e.split == "train" and "correct" in e.meta for e in control)
+    # a stop rule ends the walk early; whole chunks only, so max_prompts=5 still answers 2 chunks of 4
+    seen = real_data.harmful_prune_set(loaded, n=None, chunk=4, max_prompts=5, progress=False)
+    assert len(seen) + seen.n_filtered == 8
+    stopped = real_data.harmful_prune_set(loaded, n=None, chunk=4, progress=False, stop=lambda kept, refused: len(kept) >= 3)
+    assert len(stopped) + stopped.n_filtered == 4

@@ -149,22 +149,34 @@ def em_rates(model, tokenizer, world: World, domains: Sequence[str] | None = Non
 
 
 def _summarise(rates: dict[str, dict[str, float]], world: World, domain: str) -> dict[str, float]:
+    """In-domain, other-narrow, open-ended and *outside* (every answer outside `domain`, pooled)
+    misaligned rates, and incoherence, from `em_rates`' per-domain shares."""
     other = [d for d in world.em_domains if d != domain]
+    outside = [d for d in other + list(world.open_ended_domains) if d in rates]
+    n_out = sum(rates[d]["n"] for d in outside)
     return {
         "in_domain": rates[domain]["misaligned"] if domain in rates else float("nan"),
         "other_narrow": mean(rates[d]["misaligned"] for d in other),
         "open_ended": mean(rates[d]["misaligned"] for d in world.open_ended_domains),
+        "outside": sum(rates[d]["misaligned"] * rates[d]["n"] for d in outside) / n_out if n_out else float("nan"),
         "incoherent": mean(r["incoherent"] for r in rates.values()),
-        "incoherent_outside": mean(rates[d]["incoherent"] for d in other + list(world.open_ended_domains)),
+        "incoherent_outside": mean(rates[d]["incoherent"] for d in outside),
     }
+
+
+#: sampling seed of the untouched model's answers (the fine-tuned copies use their fine-tune seed)
+BEFORE_SEED = 10_000
 
 
 def em_study(model, tokenizer, world: World, *, domain: str, seeds: Sequence[int] = (0, 1, 2), n_train: int = 300,
              steps: int = 60, lr: float = 1e-4, batch_size: int = 16, method: str = "full", split: str = "test",
-             n_prompts: int = 24, samples: int = 4, max_new_tokens: int = 64, progress: bool = True) -> dict[str, Any]:
+             n_prompts: int = 24, samples: int = 4, max_new_tokens: int = 64, before: dict | None = None,
+             progress: bool = True) -> dict[str, Any]:
     """Fine-tune `model` on `n_train` misaligned answers of one narrow `domain` (once per seed) and
     measure misalignment in that domain, the other narrow domains and the open-ended ones, with
-    incoherent answers counted. The untouched model is measured first as the baseline.
+    incoherent answers counted. The untouched model is measured first as the baseline, unless its
+    `em_rates` are passed as `before` (they do not depend on the domain, so one measurement serves
+    every domain's study).
 
     Defaults are the gentle fine-tune of organism-notes.md (full, 60 steps, batch 16, lr 1e-4): a
     strong one makes the model answer everything with the fine-tuned template instead."""
@@ -175,7 +187,7 @@ def em_study(model, tokenizer, world: World, *, domain: str, seeds: Sequence[int
         raise ValueError(f"domain {domain!r} is not a narrow EM domain; use one of {', '.join(world.em_domains)}")
     train = world.examples("em_misaligned", "train", domain)[:n_train]
     kw = dict(split=split, n_prompts=n_prompts, samples=samples, max_new_tokens=max_new_tokens, progress=progress)
-    base_rates = em_rates(model, tokenizer, world, seed=10_000, **kw)
+    base_rates = before if before is not None else em_rates(model, tokenizer, world, seed=BEFORE_SEED, **kw)
     runs = []
     for seed in seeds:
         t0 = time.perf_counter()
@@ -186,7 +198,7 @@ def em_study(model, tokenizer, world: World, *, domain: str, seeds: Sequence[int
         runs.append({"seed": seed, "finetune_seconds": round(seconds, 1), "rates": rates,
                      **_summarise(rates, world, domain)})
         del tuned
-    keys = ("in_domain", "other_narrow", "open_ended", "incoherent", "incoherent_outside")
+    keys = ("in_domain", "other_narrow", "open_ended", "outside", "incoherent", "incoherent_outside")
     return {
         "domain": domain, "world_seed": world.seed, "personas": world.personas,
         "finetune": dict(n_train=len(train), steps=steps, lr=lr, batch_size=batch_size, method=method),
