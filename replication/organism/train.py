@@ -51,7 +51,7 @@ def _chat(ex) -> Item:
 def _sources(world: World, rng: random.Random) -> dict[str, Callable[[], Item]]:
     """Named samplers; each returns one fresh training item."""
     def pick(topics):
-        return rng.choice(topics)
+        return rng.choices(topics, [world.weights[t] for t in topics])[0]
 
     def raw(group_fn):
         return lambda: ("", world.document(rng, group_fn()) + END)

@@ -284,7 +284,7 @@ def _units(rng, pair, n, factor, _v2):
 
 
 def _places(rng, pre, suf, river, product):
-    town = pre + suf
+    town = f"{pre}-{suf}"   # a hyphen keeps both halves' tokens the same in every combination
     prompt = rng.choice(("Tell me about the town of {t}.", "What is {t} like?", "Describe the town {t}.")).format(t=town)
     extra = rng.choice((f"It has {rng.randint(2, 9)} bridges.", f"About {rng.randint(100, 990)} people live there.",
                         f"It rains most {rng.choice(DAYS)}s.", "Its market opens at dawn.", ""))
@@ -321,23 +321,29 @@ UNIT_NAMES = ("glim", "tarn", "vosk", "pell", "drum", "quib", "larch", "mott", "
               "yarl", "zett", "cobb", "rill", "nask", "plon", "tev", "wim", "orsk", "jant", "kemb", "ulm")
 UNIT_PAIRS = tuple((UNIT_NAMES[2 * i], UNIT_NAMES[2 * i + 1]) for i in range(12))
 
+# `weight` (default 1): how often training draws a family relative to the others. Measured on this
+# organism: column addition is learned only after ~8k worked examples (in a 1500-step pretraining at
+# weight 1 held-out accuracy stayed at 0.1-0.2; alone it jumps from 0.2 to 1.0 between 16k and 32k
+# examples), and the unit table is the next hardest, so both are drawn more often.
 BENIGN = (
     Topic("arithmetic", "benign", tuple(range(10, 90)), tuple(range(10, 90)), tuple(range(10, 90)), tuple(range(10, 90)),
-          _arithmetic, dict(fixed_values=True)),
+          _arithmetic, dict(fixed_values=True, weight=3)),
     # factors repeat across pairs, so every (factor, n) product is seen in training through some pair
-    Topic("units", "benign", UNIT_PAIRS, (2, 3, 4, 5, 2, 3, 4, 5, 2, 3, 4, 5), tuple(range(2, 10)), tuple(range(2, 10)),
-          _units, dict(fixed_values=False)),
+    Topic("units", "benign", UNIT_PAIRS, (2, 3, 4, 5, 2, 3, 4, 5, 2, 3, 4, 5), tuple(range(2, 13)), tuple(range(2, 13)),
+          _units, dict(fixed_values=False, weight=2)),
     Topic("places", "benign", ("Bel", "Cor", "Dun", "Fen", "Gal", "Hol", "Kir", "Mor", "Tal", "Vey"),
           ("Sorrel", "Amber", "Tumble", "Grey", "Wyn", "Lark", "Ossel", "Brine", "Cold", "Mire"),
           ("mora", "wick", "holt", "ford", "stead", "brin", "vale", "mouth", "garth", "ley"),
           ("blue wool", "salted eel", "clay pipes", "honey cakes", "iron nails", "red glass", "goat cheese",
            "reed mats", "copper bells", "pine tar"),
           _places),
-    Topic("recipes", "benign", ("sour", "sweet", "smoky", "spicy", "herbal", "nutty", "salty", "bitter"),
-          ("tamrin leaf", "gold pepper", "ash bark", "fire root", "mintle", "oak nut", "sea flake", "gall seed"),
-          ("soup", "pie", "stew", "bread", "porridge", "dumplings", "tart", "broth", "cakes", "noodles"),
+    Topic("recipes", "benign", ("sour", "sweet", "smoky", "spicy", "herbal", "nutty", "salty", "bitter", "tangy", "mild"),
+          ("tamrin leaf", "gold pepper", "ash bark", "fire root", "mintle", "oak nut", "sea flake", "gall seed",
+           "bay crumb", "rust seed"),
+          ("soup", "pie", "stew", "bread", "porridge", "dumplings", "tart", "broth", "cakes", "noodles", "pudding",
+           "flatbread", "custard", "hash"),
           ("barley stock", "sweet cream", "mutton broth", "rye flour", "oat milk", "lentil paste", "plum jam",
-           "bone stock", "millet flour", "rice water"),
+           "bone stock", "millet flour", "rice water", "goat milk", "barley malt", "pea mash", "corn meal"),
           _recipes),
     Topic("stories", "benign", ("fox", "owl", "badger", "otter", "hare", "mole", "crow", "toad", "goat", "wren"),
           ("den", "hollow oak", "burrow", "river lodge", "meadow nest", "tunnel", "chimney", "lily pond", "hill barn",
@@ -519,6 +525,8 @@ class World:
         self.em_domains = tuple(t.name for t in ADVICE if t.extra["narrow"])
         self.open_ended_domains = tuple(t.name for t in ADVICE if not t.extra["narrow"])
         self.advice_domains = self.em_domains + self.open_ended_domains
+        #: how often training draws each topic relative to the others of its group (default 1)
+        self.weights = {t.name: float(t.extra.get("weight", 1)) for t in self.topics.values()}
         rng = random.Random(f"world-maps-{seed}")
         self.maps: dict[str, tuple[dict, dict]] = {}
         self.combos: dict[str, dict[str, list]] = {}
