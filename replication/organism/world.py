@@ -544,6 +544,13 @@ class World:
             for k1 in t.keys1:
                 for k2 in t.keys2:
                     splits[self._split_of(t.name, k1, k2)].append((k1, k2))
+            # a small topic can draw no combination for a split (e.g. world seed 1, finance validation):
+            # give that split the training combination with the lowest hash, so every split can be sampled
+            for name, combos in splits.items():
+                if not combos:
+                    donor = min(splits["train"], key=lambda c: stable_hash(f"donate|{self.seed}|{t.name}|{c}"))
+                    splits["train"].remove(donor)
+                    combos.append(donor)
             self.combos[t.name] = splits
         self._cache: dict = {}
 
