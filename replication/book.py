@@ -68,8 +68,12 @@ def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> 
     return "\n".join(lines) + "\n"
 
 
-def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str]) -> str:
+def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
+                          results: dict[str, dict] | None = None) -> str:
+    """The run list of one finding's page and, where results exist, each model's measurement and
+    verdict side by side (the same rule as the summary page)."""
     f = FINDINGS[key]
+    results = results or {}
     notebook_exists = (REPO_ROOT / "notebooks" / f.notebook).exists()
     lines = []
     if not notebook_exists:
@@ -82,6 +86,11 @@ def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str]) ->
             lines.append("")
             lines.append("**Not run on:** " + ", ".join(f"`{m}`" for m in not_ran)
                          + f" (`python -m replication run {key} --model NAME`).")
+        if f.verdict is not None and results:
+            lines += ["", "| model | our measurement | verdict |", "|---|---|---|"]
+            for model in sorted(results):
+                measured, verdict = f.verdict(results[model])
+                lines.append(f"| `{model}` | {measured} | **{verdict}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +103,7 @@ def write_generated(models: list[str] | None = None) -> Path:
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "summary.md", summary_markdown(results, models))
     for key in FINDINGS:
-        atomic_write_text(GENERATED / f"runs_{key}.md", finding_runs_markdown(key, runs.get(key, {}), models))
+        atomic_write_text(GENERATED / f"runs_{key}.md", finding_runs_markdown(key, runs.get(key, {}), models, results.get(key, {})))
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
     for part in toc.get("parts", []):
         for chapter in part.get("chapters", []):
@@ -102,7 +111,8 @@ def write_generated(models: list[str] | None = None) -> Path:
             if key:
                 nbs = runs.get(key, {})
                 if nbs:
-                    chapter["sections"] = [{"file": _rel(p)} for _, p in sorted(nbs.items())]
+                    # each model's executed notebook, titled by the model so the sidebar tells them apart
+                    chapter["sections"] = [{"file": _rel(p), "title": f"Run: {m}"} for m, p in sorted(nbs.items())]
     atomic_write_text(GENERATED / "_toc.yml", yaml.safe_dump(toc, sort_keys=False))
     return GENERATED / "_toc.yml"
 

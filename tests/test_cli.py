@@ -102,3 +102,14 @@ def test_summary_says_not_run_and_applies_the_rule():
     assert "**not run**" in rows[1]
     none = book.summary_markdown({"compactness": {"m": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.4}}}}, ["m"])
     assert "**not reproduced**" in none and "40%" in none
+
+
+def test_finding_page_shows_each_model_side_by_side():
+    res = {"organism-aligned": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.97}},
+           "smollm2-135m-instruct-safety": {"headline": {"smallest_fraction": 1e-4, "smallest_count": 9000,
+                                                         "targeted_vs_random": True}}}
+    runs = {m: Path(f"results/{m}/01_compactness.ipynb") for m in res}
+    md = book.finding_runs_markdown("compactness", runs, list(res), res)
+    rows = [l for l in md.splitlines() if l.startswith("| `")]
+    assert rows[0].startswith("| `organism-aligned`") and "**not reproduced**" in rows[0]
+    assert rows[1].startswith("| `smollm2-135m-instruct-safety`") and "**reproduced**" in rows[1]
