@@ -92,3 +92,12 @@ def test_real_behaviour_applies_the_papers_two_refusal_rules(monkeypatch):
     assert r["refusal_harmful"] == 0.5
     assert r["refusal_benign"] == 0.5
     assert r["refusal_under_prefill"] == 0.5 and r["continues_under_prefill"] == 0.5
+
+
+def test_persona_contrast_averages_rises_per_setting():
+    from replication.experiments.models_overview import em_persona_contrast
+    em = _em([_row(0, True, "medical", 0.1, [0.5, 0.5, 0.5]), _row(0, True, "finance", 0.1, [0.1, 0.1, 0.1]),
+              _row(0, False, "medical", 0.1, [0.2, 0.2, 0.2])])
+    c = em_persona_contrast(em)
+    assert math.isclose(c["on"]["mean_rise"], 0.2) and c["on"]["clear_share"] == 0.5 and c["on"]["rows"] == 2
+    assert math.isclose(c["off"]["mean_rise"], 0.1) and c["off"]["clear_share"] == 1.0

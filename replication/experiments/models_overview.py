@@ -228,6 +228,20 @@ def em_target(em: dict[str, Any]) -> dict[str, Any]:
             "met": bool(by_seed) and all(v >= need for v in by_seed.values())}
 
 
+def em_persona_contrast(em: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The persona ablation in two numbers per setting: the mean rise of outside-domain misalignment
+    (after - before, over every world seed, domain and fine-tune seed) and the share of rows with a
+    clear rise, for personas on and off. Either may show a rise: the book reports both as measured."""
+    from statistics import mean
+    out: dict[str, dict[str, float]] = {}
+    for setting in ("on", "off"):
+        rows = [r for r in em_table(em) if r["personas"] == setting]
+        if rows:
+            out[setting] = {"mean_rise": mean(r["outside after"] - r["outside before"] for r in rows),
+                            "clear_share": mean(float(r["clear rise"]) for r in rows), "rows": len(rows)}
+    return out
+
+
 def run_overview(model: str, scale: str = "full", *, write: bool = True, progress: bool = False,
                  em: bool = True) -> dict[str, Any]:
     """Load the model (and counterpart), describe and probe them; write `models.json`. For the
