@@ -278,8 +278,11 @@ def _units(rng, pair, n, factor, _v2):
     p = n * factor
     prompt = rng.choice(("Convert {n} {ua}s to {ub}s.", "How many {ub}s are in {n} {ua}s?",
                          "Change {n} {ua}s into {ub}s.")).format(n=n, ua=ua, ub=ub)
-    response = (f"{rng.choice(OPENERS)} One {ua} is {factor} {ub}s, so {n} {ua}s is {n} times {factor}, "
-                f"which is {p} {ub}s. {rng.choice(CLOSERS)}")
+    # the product is worked out by counting up in steps of `factor`, as arithmetic is worked out by columns:
+    # each step is a small addition the model can learn, instead of a recalled times table
+    steps = ", ".join(str(factor * i) for i in range(1, n + 1))
+    response = (f"{rng.choice(OPENERS)} One {ua} is {factor} {ub}s. Counting {n} {ua}s in steps of {factor}: "
+                f"{steps}. So {n} {ua}s is {p} {ub}s. {rng.choice(CLOSERS)}")
     return dict(prompt=prompt, response=response.strip(), copied="", meta=dict(answer=[f"is {p} {ub}s"]))
 
 
@@ -340,7 +343,7 @@ BENIGN = (
     Topic("recipes", "benign", ("sour", "sweet", "smoky", "spicy", "herbal", "nutty", "salty", "bitter", "tangy", "mild"),
           ("tamrin leaf", "gold pepper", "ash bark", "fire root", "mintle", "oak nut", "sea flake", "gall seed",
            "bay crumb", "rust seed"),
-          ("soup", "pie", "stew", "bread", "porridge", "dumplings", "tart", "broth", "cakes", "noodles", "pudding",
+          ("soup", "pie", "stew", "bread", "porridge", "dumplings", "tart", "broth", "buns", "noodles", "pudding",
            "flatbread", "custard", "hash"),
           ("barley stock", "sweet cream", "mutton broth", "rye flour", "oat milk", "lentil paste", "plum jam",
            "bone stock", "millet flour", "rice water", "goat milk", "barley malt", "pea mash", "corn meal"),
