@@ -115,7 +115,7 @@ class CompactnessConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_calibration: int = 400               # harmful (prune) and benign (preserve) calibration examples
     n_eval: int = 20                       # held-out prompts per harm category / benign family
-    max_new_tokens: int = 64
+    max_new_tokens: int = 96              # organism answers run to ~70 tokens (a units conversion counts up n steps)
     ablations: bool = True
     refusal_ablation: bool = True
     score_batch_size: int | None = None
