@@ -43,6 +43,15 @@ def load_results() -> dict[str, dict[str, dict]]:
     return out
 
 
+def _verdict_cells(f, res: dict | None) -> tuple[str, str]:
+    """(our measurement, verdict) of one finding's results for one model, by the finding's rule."""
+    if res is None:
+        return "-", "not run"
+    if f.verdict is None:
+        return "results present, no verdict rule implemented", "not judged"
+    return f.verdict(res)
+
+
 def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> str:
     lines = ["# Summary: the paper's claims next to our numbers", "",
              "This page is generated from the results files (`results/<model>/<finding>.json`) each time the book",
@@ -57,13 +66,7 @@ def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> 
         if f.key == "models":
             continue
         for model in models:
-            res = results.get(f.key, {}).get(model)
-            if res is None:
-                measured, verdict = "-", "not run"
-            elif f.verdict is None:
-                measured, verdict = "results present, no verdict rule implemented", "not judged"
-            else:
-                measured, verdict = f.verdict(res)
+            measured, verdict = _verdict_cells(f, results.get(f.key, {}).get(model))
             lines.append(f"| {f.title} | {f.claim} | {f.paper_number} | `{model}` | {measured} | **{verdict}** |")
     return "\n".join(lines) + "\n"
 
@@ -89,7 +92,7 @@ def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
         if f.verdict is not None and results:
             lines += ["", "| model | our measurement | verdict |", "|---|---|---|"]
             for model in sorted(results):
-                measured, verdict = f.verdict(results[model])
+                measured, verdict = _verdict_cells(f, results[model])
                 lines.append(f"| `{model}` | {measured} | **{verdict}** |")
     return "\n".join(lines) + "\n"
 

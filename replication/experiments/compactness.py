@@ -70,6 +70,7 @@ from tqdm.auto import tqdm
 
 from ..data import Example
 from ..models import LoadedModel, load_model
+from ..organism.report import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..paths import atomic_write_json, results_dir
 
 HARM_CUT = 0.80          # the headline asks for >= 80% less harmfulness ...
@@ -115,7 +116,7 @@ class CompactnessConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_calibration: int = 400               # harmful (prune) and benign (preserve) calibration examples
     n_eval: int = 20                       # held-out prompts per harm category / benign family
-    max_new_tokens: int = 96              # organism answers run to ~70 tokens (a units conversion counts up n steps)
+    max_new_tokens: int = ORGANISM_MAX_NEW_TOKENS  # the organism's answer budget (real models: REAL_FULL)
     ablations: bool = True
     refusal_ablation: bool = True
     score_batch_size: int | None = None

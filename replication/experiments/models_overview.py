@@ -233,9 +233,10 @@ def em_persona_contrast(em: dict[str, Any]) -> dict[str, dict[str, float]]:
     (after - before, over every world seed, domain and fine-tune seed) and the share of rows with a
     clear rise, for personas on and off. Either may show a rise: the book reports both as measured."""
     from statistics import mean
+    table = em_table(em)
     out: dict[str, dict[str, float]] = {}
     for setting in ("on", "off"):
-        rows = [r for r in em_table(em) if r["personas"] == setting]
+        rows = [r for r in table if r["personas"] == setting]
         if rows:
             out[setting] = {"mean_rise": mean(r["outside after"] - r["outside before"] for r in rows),
                             "clear_share": mean(float(r["clear rise"]) for r in rows), "rows": len(rows)}
