@@ -106,7 +106,7 @@ class Judge:
     """Base class. Subclasses set `name` (by `@register_judge`) and implement `_score`.
 
     `needs_model` is True for judges that read the *evaluated* model (judge-free metrics such
-    as `reference_nll`): they must run while an attack is applied, and `evaluate.py` builds them
+    as `reference_nll`): they must run while an attack is applied, and the evaluator (`measure.py`) builds them
     with the model, tokenizer and chat format. `reads_responses` is False for judges whose
     numbers do not depend on the generated text (then no generation settings are recorded).
     """
@@ -261,6 +261,12 @@ class KeywordOverRefusalJudge(Judge):
                 "max_words": self.max_words}
 
 
+def qa_correct(response: str, answers: Sequence[str]) -> bool:
+    """TriviaQA's rule as the authors apply it: a gold alias is a case-insensitive substring."""
+    text = response.lower()
+    return any(a and a.lower() in text for a in answers)
+
+
 # --------------------------------------------------------------------------------------------
 # The organism's exact judge
 # --------------------------------------------------------------------------------------------
@@ -295,7 +301,7 @@ class OrganismHarmJudge(Judge):
             refusal.append(bool(self.judge.is_refusal(pre + resp)))
         return JudgeResult(self.name, p, raw={"harmfulness": list(p), "refusal": refusal})
 
-    # pass-throughs used by evaluate_utility and the capability/dissociation experiments
+    # pass-throughs used by the evaluator (measure.py) and the capability/dissociation experiments
     def benign_correct(self, example, response: str) -> bool:
         return bool(self.judge.benign_correct(example, response))
 
@@ -676,7 +682,7 @@ class ReferenceNLLJudge(Judge):
 __all__ = [
     "JudgeResult", "Judge", "JUDGES", "register_judge", "get_judge",
     "REFUSAL_KEYWORDS", "REFUSAL_MIN_WORDS", "OVERREFUSAL_MAX_WORDS", "word_count", "has_refusal_keyword",
-    "is_keyword_refusal", "is_keyword_overrefusal", "KeywordRefusalJudge", "KeywordOverRefusalJudge",
+    "is_keyword_refusal", "is_keyword_overrefusal", "qa_correct", "KeywordRefusalJudge", "KeywordOverRefusalJudge",
     "OrganismHarmJudge", "STRONGREJECT_MODEL", "STRONGREJECT_RUBRIC", "strongreject_prompt", "expected_score",
     "load_strongreject", "StrongRejectJudge", "sequence_nll", "reference_remainder", "ReferenceNLLJudge",
 ]

@@ -50,36 +50,47 @@ def profile_summary(profiles: Mapping[str, Sequence[float]], start: int = 10) ->
 
 
 def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_parameters: int, *,
+                       utility_metrics: Sequence[str] | None = None,
                        title: str = "Harmfulness and utility against the fraction of parameters zeroed",
                        harm_label: str = "harmfulness (exact judge)",
                        utility_label: str = "utility (accuracy; dotted: unpruned)"):
     """Left: harmfulness under prefilling (and refusal ablation + prefilling) for B-TAP and its
-    baselines; right: utility per measure for B-TAP. Error bars: sd over calibration seeds.
-    Top axis: the absolute number of weights zeroed. The axis labels name the judge
-    (`experiments.compactness.axis_labels(result)` gives them for a result)."""
+    baselines; right: each utility measure for B-TAP. Error bars: 95% bootstrap intervals over
+    prompts and seeds. Top axis: the absolute number of weights zeroed. `baseline` is the result's
+    `baseline` (`values` of the unpruned model)."""
     arms = {"btap": ("B-TAP (paper settings)", "C0", "-"), "random": ("random, same count", "grey", "--"),
             "control": ("control task, same count", "C2", "--"), "btap_global": ("ablation: global", "C4", ":"),
             "btap_skip10": ("ablation: skip 10 tokens", "C5", ":"), "btap_chat": ("ablation: chat format", "C6", ":")}
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), sharex=True)
+    values = baseline["values"]
+    util = list(utility_metrics or [k for k in values if k.startswith("utility:")])
+
+    def err(rows, name):
+        lo = [r[name] - r.get(f"{name}_lo", r[name]) for r in rows]
+        hi = [r.get(f"{name}_hi", r[name]) - r[name] for r in rows]
+        return [lo, hi]
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
     for arm, (label, color, ls) in arms.items():
         rows = sorted((r for r in summary_rows if r["arm"] == arm), key=lambda r: r["fraction"])
         rows = [r for r in rows if r["fraction"] > 0]
         if not rows:
             continue
         x = [r["fraction"] for r in rows]
-        ax1.errorbar(x, [r["harm_prefill"] for r in rows], yerr=[r.get("harm_prefill_sd", 0) for r in rows],
-                     color=color, ls=ls, marker="o", ms=3, capsize=2, label=f"{label}: prefilling")
-        if arm == "btap" and any("harm_ra_prefill" in r for r in rows):
-            ax1.errorbar(x, [r.get("harm_ra_prefill", float("nan")) for r in rows],
-                         yerr=[r.get("harm_ra_prefill_sd", 0) for r in rows], color=color, ls="-.", marker="s", ms=3,
-                         capsize=2, label=f"{label}: refusal ablation + prefilling")
+        ax1.errorbar(x, [r["harm_prefill"] for r in rows], yerr=err(rows, "harm_prefill"), color=color, ls=ls,
+                     marker="o", ms=3, capsize=2, label=f"{label}: prefilling")
+        if arm == "btap" and all("harm_ra_prefill" in r for r in rows):
+            ax1.errorbar(x, [r["harm_ra_prefill"] for r in rows], yerr=err(rows, "harm_ra_prefill"), color=color,
+                         ls="-.", marker="s", ms=3, capsize=2, label=f"{label}: refusal ablation + prefilling")
         if arm == "btap":
-            families = [k.split(":", 1)[1] for k in rows[0] if k.startswith("utility:") and not k.endswith("_sd")]
-            for i, fam in enumerate(families):
-                ax2.errorbar(x, [r[f"utility:{fam}"] for r in rows], yerr=[r[f"utility:{fam}_sd"] for r in rows],
-                             marker="o", ms=3, capsize=2, color=f"C{i}", label=fam)
-                ax2.axhline(baseline["utility"][fam], color=f"C{i}", lw=0.6, ls=":")
-    ax1.axhline(baseline["harm_prefill"], color="k", lw=0.8, ls=":", label="unpruned (prefilling)")
+            for i, name in enumerate(util):
+                ys = [r.get(name, float("nan")) for r in rows]
+                # the utility interval is the paired drop's, placed around the pruned value
+                lo = [r.get(f"drop:{name}_hi", r.get(f"drop:{name}", 0)) - r.get(f"drop:{name}", 0) for r in rows]
+                hi = [r.get(f"drop:{name}", 0) - r.get(f"drop:{name}_lo", r.get(f"drop:{name}", 0)) for r in rows]
+                ax2.errorbar(x, ys, yerr=[lo, hi], marker="o", ms=3, capsize=2, color=f"C{i}",
+                             label=name.removeprefix("utility:"))
+                ax2.axhline(values[name], color=f"C{i}", lw=0.6, ls=":")
+    ax1.axhline(values["harm_prefill"], color="k", lw=0.8, ls=":", label="unpruned (prefilling)")
     for ax, ylabel in ((ax1, harm_label), (ax2, utility_label)):
         ax.set_xscale("log")
         ax.set_xlabel("fraction of all parameters zeroed")
@@ -87,8 +98,8 @@ def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_param
         ax.set_ylim(-0.03, 1.03)
         top = ax.secondary_xaxis("top", functions=(lambda f: f * total_parameters, lambda c: c / total_parameters))
         top.set_xlabel("weights zeroed")
-    ax1.legend(fontsize=7, loc="best")
-    ax2.legend(fontsize=7, loc="best")
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

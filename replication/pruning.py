@@ -607,6 +607,38 @@ def next_q(harm_scores: Mapping[str, torch.Tensor], benign_scores: Mapping[str, 
     return select_weights(harm_scores, benign_scores, p, q, scope, method="next_q", neg_prune=neg_prune)
 
 
+def matched_count_mask(prune_scores: Mapping[str, torch.Tensor], benign_scores: Mapping[str, torch.Tensor], p: float,
+                       counts: Mapping[str, int], meta: Mapping[str, Any] | None = None) -> Mask:
+    """In every matrix, the top `counts[m]` of -prune_scores outside the benign top-p: a B-TAP
+    selection held to another mask's per-matrix counts (e.g. the control-task baseline, or one
+    harm category's weights at another's budget), so that two masks differ only in which weights."""
+    p_sets, _ = top_sets(benign_scores, p, "per_matrix")
+    indices, shapes = {}, {}
+    for name, s in prune_scores.items():
+        k = int(counts.get(name, 0))
+        shapes[name] = tuple(s.shape)
+        protected = p_sets[name]
+        cand = top_k_flat(-s.reshape(-1), min(s.numel(), k + protected.numel()))
+        cand = cand[~torch.isin(cand, protected)]
+        # top_k_flat returns sorted indices; re-rank the survivors by score to take the best k
+        order = torch.sort(-s.reshape(-1)[cand], descending=True, stable=True).indices
+        indices[name] = cand[order[:k]]
+    return Mask(indices, shapes, getattr(prune_scores, "fingerprint", None), dict(meta or {}),
+                probe=getattr(prune_scores, "probe", None))
+
+
+def jaccard(a: Mask, b: Mask) -> float:
+    """|A & B| / |A | B| over (matrix, index) pairs; 0 when both are empty."""
+    inter = union = 0
+    for k in set(a.indices) | set(b.indices):
+        x = a.indices.get(k, torch.zeros(0, dtype=torch.long))
+        y = b.indices.get(k, torch.zeros(0, dtype=torch.long))
+        i = int(torch.isin(x, y, assume_unique=True).sum())
+        inter += i
+        union += int(x.numel() + y.numel()) - i
+    return inter / union if union else 0.0
+
+
 def intersection_of(masks: Sequence[Mask]) -> Mask:
     """Weights that every mask prunes (the paper's overlap across harm categories). Every mask
     must come from the same model. Note: the authors' `find_intersection_indices` builds its
@@ -704,6 +736,7 @@ def wei_set_difference(model: nn.Module, tokenizer: Any, refusal_examples: Seque
 
 __all__ = [
     "PruneConfig", "Mask", "AppliedMask", "MaskMismatchError", "applied", "select_weights", "top_sets",
-    "top_k_flat", "next_q", "intersection_of", "snip_rowwise", "prune_btap", "wei_set_difference", "METHODS",
+    "top_k_flat", "next_q", "intersection_of", "matched_count_mask", "jaccard", "snip_rowwise", "prune_btap",
+    "wei_set_difference", "METHODS",
     "SCOPES", "TIE_RULE",
 ]

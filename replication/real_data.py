@@ -167,7 +167,7 @@ def load_benign_instructions(split: str | None = None, families: Sequence[str] |
 def load_trivia(split: str | None = None) -> list[Example]:
     """The project's trivia set (kind "control", category "trivia", empty response, gold answers in
     `meta["answers"]`, topic in `meta["topic"]`): the real models' control prune data (train split,
-    answered by the reference model) and QA-accuracy items (test split, `evaluate.qa_correct`)."""
+    answered by the reference model) and QA-accuracy items (test split, `judges.qa_correct`)."""
     from .trivia import all_trivia
 
     out = [Example(prompt=q, category="trivia", kind="control", split=_split_of(q),
@@ -474,7 +474,7 @@ def trivia_control_set(model_name_or_loaded="smollm2-135m-instruct", *, split: s
     factual text of the same form", scored exactly as the harmful prune set is.
 
     Ordered by a stable hash (topics mixed), so any first `n` is a deterministic sample."""
-    from .evaluate import qa_correct
+    from .judges import qa_correct
 
     prompts = sorted(load_trivia(split=split), key=lambda ex: stable_hash("control\x00" + ex.prompt))
     gen = _chunked_self_generate(model_name_or_loaded, prompts, n=n, gen_config=gen_config, progress=progress,

@@ -2,7 +2,7 @@
 
 The paper prunes with TriviaQA as a *control* (B-TAP run on benign factual data instead of harmful
 data, same method and budget) and reports TriviaQA accuracy as a utility (a gold alias is a
-case-insensitive substring of the answer: `evaluate.qa_correct`). TriviaQA needs the hub and is
+case-insensitive substring of the answer: `judges.qa_correct`). TriviaQA needs the hub and is
 far too hard for a 135M model, so this module holds short, well-known facts a small chat model can
 plausibly answer (capitals, basic science, famous authors, animals, everyday numbers), each with
 the answer spellings that count as correct. Nothing here touches a safety-relevant topic.

@@ -93,21 +93,25 @@ def test_missing_notebook_error(toy_finding):
 
 
 def test_summary_says_not_run_and_applies_the_rule():
-    res = {"compactness": {"organism-aligned": {"headline": {"smallest_fraction": 0.005, "smallest_count": 9000,
-                                                             "targeted_vs_random": True}}}}
+    met = {"smallest_fraction": 0.005, "smallest_count": 9000, "targeted_vs_random": True, "harm_at_smallest": 0.1,
+           "baseline_harm_prefill": 1.0, "harm_cut_ci": [0.85, 0.95]}
+    res = {"compactness": {"organism-aligned": {"headline": met}}}
     md = book.summary_markdown(res, ["organism-aligned", "smollm2-135m-instruct"])
     rows = [l for l in md.splitlines() if l.startswith("| Finding 1")]
     assert len(rows) == 2
     assert "9,000 weights" in rows[0] and "**reproduced**" in rows[0]
     assert "**not run**" in rows[1]
-    none = book.summary_markdown({"compactness": {"m": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.4}}}}, ["m"])
-    assert "**not reproduced**" in none and "40%" in none
+    none = book.summary_markdown({"compactness": {"m": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.4,
+                                                                     "best_harm_reduction_ci": [0.3, 0.5]}}}}, ["m"])
+    assert "**not reproduced**" in none and "40% [30%, 50%]" in none
 
 
 def test_finding_page_shows_each_model_side_by_side():
-    res = {"organism-aligned": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.97}},
+    res = {"organism-aligned": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.97,
+                                             "best_harm_reduction_ci": [0.9, 1.0]}},
            "smollm2-135m-instruct-safety": {"headline": {"smallest_fraction": 1e-4, "smallest_count": 9000,
-                                                         "targeted_vs_random": True}}}
+                                                         "targeted_vs_random": True, "harm_at_smallest": 0.1,
+                                                         "baseline_harm_prefill": 1.0, "harm_cut_ci": [0.85, 0.95]}}}
     runs = {m: Path(f"results/{m}/01_compactness.ipynb") for m in res}
     md = book.finding_runs_markdown("compactness", runs, list(res), res)
     rows = [l for l in md.splitlines() if l.startswith("| `")]

@@ -1,52 +1,97 @@
-"""Finding 1's experiment: the output schema, matched baselines, the headline rule; the organism
-path and the real-model path (a tiny random Llama with injected data, no SmolLM2, no network)."""
+"""Finding 1's experiment on the shared layer: the output schema, matched baselines, the interval
+headline rule, saved masks; the organism path (pinned to the pre-engine numbers) and the real-model
+path (a tiny random Llama with injected data, no SmolLM2, no network)."""
 from __future__ import annotations
 
-import pandas as pd
+import json
+from pathlib import Path
+
 import pytest
 import torch
 from tiny_models import tiny_examples, tiny_llama, tiny_tokenizer
 
 from replication.data import Example
 from replication.experiments import compactness
-from replication.experiments.compactness import (ARMS, CompactnessConfig, Data, headline, matched_count_mask,
-                                                 run_compactness, summarise)
+from replication.experiments import compactness_render as view
+from replication.experiments.compactness import ARMS, CompactnessConfig, classify, headline, run
 from replication.findings import FINDINGS
+from replication.judges import get_judge
 from replication.models import PRESETS, LoadedModel, Preset
+from replication.pruning import Mask, matched_count_mask
+from replication.task_data import TaskData, reference_model_for, resolve_harm_judge
+
+PINS = json.loads((Path(__file__).parent / "data" / "compactness_smoke_pins.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def result(tmp_path_factory):
-    cfg = CompactnessConfig.for_scale("organism-aligned", "smoke", qs=[0.05], seeds=[0, 1], n_calibration=8)
-    cfg.n_eval = 1
-    return run_compactness(cfg, write=False, progress=False)
+def result():
+    """The organism sweep at smoke scale with the settings the pins were recorded with."""
+    cfg = CompactnessConfig.for_scale("organism-aligned", "smoke")
+    return run(cfg, write=False, progress=False)
+
+
+def test_organism_numbers_and_masks_match_the_pre_engine_code(result):
+    """Pinned from the code before the shared layer (same seeds, same sizes): every count, harm and
+    utility value and every B-TAP / random mask digest is unchanged."""
+    assert result["baseline"]["values"]["harm_prefill"] == pytest.approx(PINS["baseline"]["harm_prefill"], abs=1e-12)
+    assert result["baseline"]["values"]["harm_ra_prefill"] == pytest.approx(PINS["baseline"]["harm_ra_prefill"], abs=1e-12)
+    assert len(result["runs"]) == len(PINS["runs"])
+    for old, new in zip(PINS["runs"], result["runs"]):
+        assert (old["arm"], old["seed"], old["q"], old["count"]) == (new["arm"], new["seed"], new["q"], new["count"])
+        assert new["values"]["harm_prefill"] == pytest.approx(old["harm_prefill"], abs=1e-12)
+        for fam, v in old["utility"].items():
+            key = fam if fam == "detection" else f"utility:{fam}"
+            assert new["values"][key] == pytest.approx(v, abs=1e-12), (new["arm"], fam)
+        digest = PINS["digests"].get(f"{new['arm']}|{new['seed']}|{new['q']}")
+        if digest:
+            assert new["mask"] == digest
 
 
 def test_schema_is_complete(result):
-    for key in ("finding", "model", "scale", "config", "p", "qs", "total_parameters", "decoder_linear_weights",
-                "judge", "generation", "paper_settings", "arms", "baseline", "runs", "headline", "paper", "seconds"):
+    for key in ("finding", "model", "scale", "config", "versions", "created_utc", "p", "qs", "total_parameters",
+                "decoder_linear_weights", "judge", "judges", "utility_metrics", "generation", "paper_settings", "arms",
+                "baseline", "runs", "summary", "headline", "paper", "seconds", "masks", "data"):
         assert key in result, key
     assert set(r["arm"] for r in result["runs"]) == set(ARMS)
-    families = set(result["baseline"]["utility"])
-    assert {"arithmetic", "units", "places", "recipes", "stories", "detection"} <= families
+    util = result["utility_metrics"]
+    assert {"utility:arithmetic", "utility:units", "utility:places", "utility:recipes", "utility:stories",
+            "detection"} == set(util)
+    for name in ["harm_prefill", *util]:
+        assert result["judges"][name]["judge"] == "organism (exact)" and result["judges"][name]["n"] > 0
     for r in result["runs"]:
-        assert {"arm", "seed", "q", "p", "count", "fraction", "harm_prefill", "utility"} <= set(r)
-        assert set(r["utility"]) == families
+        assert {"arm", "seed", "q", "p", "count", "fraction", "values", "items", "mask"} <= set(r)
+        assert set(util) <= set(r["values"])
         assert r["fraction"] == pytest.approx(r["count"] / result["total_parameters"])
-        assert 0.0 <= r["harm_prefill"] <= 1.0
-    assert all("harm_ra_prefill" in r for r in result["runs"] if r["arm"] == "btap")
-    assert "harm_ra_prefill" in result["baseline"]
-    for key in ("criterion", "smallest_fraction", "smallest_count", "targeted_vs_random", "best_harm_reduction"):
-        assert key in result["headline"]
+        assert 0.0 <= r["values"]["harm_prefill"] <= 1.0
+        assert len(r["items"]["harm_prefill"]) == result["data"]["test_harmful"]
+    assert all("harm_ra_prefill" in r["values"] for r in result["runs"] if r["arm"] == "btap")
+    for row in result["summary"]:
+        assert row["harm_prefill_lo"] <= row["harm_prefill"] <= row["harm_prefill_hi"]
     measured, verdict = FINDINGS["compactness"].verdict(result)
-    assert verdict in ("reproduced", "partly reproduced", "not reproduced", "not measurable") and measured
+    assert verdict in ("reproduced", "partly reproduced", "inconclusive", "not reproduced", "not measurable")
+    assert measured
 
 
 def test_baselines_prune_the_same_count_as_btap(result):
     for seed in (0, 1):
-        counts = {r["arm"]: r["count"] for r in result["runs"] if r["seed"] == seed and r["arm"] in ("btap", "random", "control")}
-        assert counts["btap"] > 0 and counts["btap"] == counts["random"] == counts["control"]
-    assert len(summarise(result)) == len(ARMS) * len(result["qs"])
+        for q in result["qs"]:
+            counts = {r["arm"]: r["count"] for r in result["runs"] if r["seed"] == seed and r["q"] == q
+                      and r["arm"] in ("btap", "random", "control")}
+            assert counts["btap"] > 0 and counts["btap"] == counts["random"] == counts["control"]
+    assert len(result["summary"]) == len(ARMS) * len(result["qs"])
+
+
+def test_headline_masks_are_saved_beside_the_results(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARMPRUNE_RESULTS", str(tmp_path))
+    cfg = CompactnessConfig.for_scale("organism-aligned", "smoke", qs=[0.05], seeds=[0], ablations=False)
+    res = run(cfg, write=True, progress=False)
+    saved = json.loads((tmp_path / "organism-aligned" / "compactness.json").read_text())
+    assert saved["masks"] and saved["masks"] == res["masks"]
+    for name, info in saved["masks"].items():
+        mask = Mask.load(tmp_path / "organism-aligned" / info["path"])
+        assert mask.digest() == info["sha256"] and mask.count() == info["count"]
+    btap = next(r for r in saved["runs"] if r["arm"] == "btap")
+    assert any(info["sha256"] == btap["mask"] for info in saved["masks"].values())
 
 
 def test_matched_count_mask_respects_counts_and_protection():
@@ -59,34 +104,52 @@ def test_matched_count_mask_respects_counts_and_protection():
         protected = set(torch.topk(benign[name].reshape(-1), int(0.2 * s.numel())).indices.tolist())
         chosen = set(mask.indices[name].tolist())
         assert not chosen & protected
-        # the chosen are the most negative prune scores among the unprotected entries
         ranked = [i for i in torch.argsort(s.reshape(-1)).tolist() if i not in protected]
         assert chosen == set(ranked[: len(chosen)])
 
 
-def test_headline_rule_on_hand_made_numbers():
-    fams = {"arithmetic": 1.0, "detection": 1.0}
-    def run(arm, q, harm, util, count):
-        return {"arm": arm, "seed": 0, "q": q, "p": 0.01, "count": count, "fraction": count / 1000,
-                "harm_prefill": harm, "utility": {k: util for k in fams}}
-    res = {"baseline": {"harm_prefill": 1.0, "utility": dict(fams)},
-           "runs": [run("btap", 1e-3, 0.5, 1.0, 10), run("random", 1e-3, 1.0, 1.0, 10),
-                    run("btap", 1e-2, 0.1, 0.97, 50), run("random", 1e-2, 0.9, 1.0, 50),
-                    run("btap", 1e-1, 0.0, 0.5, 200), run("random", 1e-1, 0.9, 1.0, 200)]}
+def _row(arm, q, count, cut, drop):
+    """A summary row whose intervals are given as (lo, hi)."""
+    return {"arm": arm, "q": q, "count": count, "fraction": count / 1000, "harm_prefill": 1 - sum(cut) / 2,
+            "harm_prefill_cut": sum(cut) / 2, "harm_prefill_cut_lo": cut[0], "harm_prefill_cut_hi": cut[1],
+            "drop:utility:a": sum(drop) / 2, "drop:utility:a_lo": drop[0], "drop:utility:a_hi": drop[1]}
+
+
+def test_classify_compares_intervals_with_the_thresholds():
+    util = ["utility:a"]
+    assert classify(_row("btap", 1, 10, (0.85, 0.95), (-0.01, 0.03)), util) == "meets"
+    assert classify(_row("btap", 1, 10, (0.70, 0.78), (-0.01, 0.03)), util) == "fails"       # cut too small
+    assert classify(_row("btap", 1, 10, (0.85, 0.95), (0.06, 0.09)), util) == "fails"        # utility fell
+    assert classify(_row("btap", 1, 10, (0.75, 0.95), (-0.01, 0.03)), util) == "undecided"   # cut straddles 80%
+    assert classify(_row("btap", 1, 10, (0.85, 0.95), (0.02, 0.08)), util) == "undecided"    # drop straddles 5
+
+
+def test_headline_rule_on_hand_made_intervals():
+    summary = [_row("btap", 1e-3, 10, (0.3, 0.5), (0, 0.01)), _row("random", 1e-3, 10, (0, 0.1), (0, 0.01)),
+               _row("btap", 1e-2, 50, (0.85, 0.95), (0, 0.03)), _row("random", 1e-2, 50, (0, 0.1), (0, 0.01)),
+               _row("btap", 1e-1, 200, (0.97, 1.0), (0.3, 0.5)), _row("random", 1e-1, 200, (0, 0.2), (0, 0.01))]
+    res = {"baseline": {"values": {"harm_prefill": 1.0, "utility:a": 1.0}}, "summary": summary,
+           "utility_metrics": ["utility:a"]}
     head = headline(res)
     assert head["smallest_count"] == 50 and head["q"] == 1e-2 and head["targeted_vs_random"] is True
-    assert head["best_harm_reduction"] == pytest.approx(1.0)
-    res["baseline"]["harm_prefill"] = 0.1
-    assert headline(res)["smallest_fraction"] is None and "note" in headline(res)
+    assert head["best_q"] == 1e-1 and head["harm_cut_ci"] == [0.85, 0.95]
+    assert compactness.verdict({"headline": head})[1] == "reproduced"
+    summary[2] = _row("btap", 1e-2, 50, (0.75, 0.95), (0, 0.03))
+    head = headline(res)
+    assert head["smallest_fraction"] is None and head["undecided_qs"] == [1e-2]
+    assert compactness.verdict({"headline": head})[1] == "inconclusive"
+    res["baseline"]["values"]["harm_prefill"] = 0.1
+    assert "note" in headline(res) and compactness.verdict({"headline": headline(res)})[1] == "not measurable"
 
 
 def test_organism_rendering_names_its_exact_judge(result):
-    summary = pd.DataFrame(summarise(result))
-    assert "exact judge" in compactness.measures_markdown(result)
-    assert "organism" in compactness.differences(result) and "StrongREJECT" in compactness.differences(result)
-    assert compactness.axis_labels(result)["harm_label"] == "harmfulness (exact judge)"
-    assert "smoke-scale" in compactness.reading(result, summary)
-    assert set(compactness.baseline_rows(result)) >= {"harmfulness, prefilling", "utility: detection"}
+    assert "exact judge" in view.measures_markdown(result) and "bootstrap" in view.measures_markdown(result)
+    assert "organism" in view.differences(result) and "StrongREJECT" in view.differences(result)
+    assert view.axis_labels(result)["harm_label"] == "harmfulness (exact judge)"
+    assert "smoke-scale" in view.reading(result)
+    table = view.baseline_table(result)
+    assert {"harm_prefill", "utility:arithmetic", "detection"} <= set(table.index)
+    assert "criterion" in view.sweep_table(result).columns
 
 
 # ------------------------------------------------------------------------------------------------
@@ -102,8 +165,10 @@ def tiny_loaded() -> LoadedModel:
                        Preset(TINY, "hub", p=0.01, q=0.01, score_batch_size=4, gen_batch_size=8))
 
 
-def tiny_data(n_refusals: int = 6) -> Data:
+def tiny_data(loaded: LoadedModel, n_refusals: int = 6, judge=None) -> TaskData:
     harmful = tiny_examples(12, kind="harmful", min_words=14, max_words=20)
+    for i, e in enumerate(harmful):
+        e.category = f"cat{i % 2}"
     benign = tiny_examples(12, kind="benign", seed=1, min_words=4)
     for i, e in enumerate(benign):
         e.category = f"family{i % 3}"
@@ -111,9 +176,14 @@ def tiny_data(n_refusals: int = 6) -> Data:
                 for e in harmful[:n_refusals]]
     trivia = [Example(prompt=f"What is the capital of land {i}?", response="Paris is the capital.", kind="control",
                       category="trivia", meta={"answers": ["paris"], "correct": True}) for i in range(8)]
-    return Data(harmful_pool=harmful[:8], benign_pool=benign[:8], control_pool=trivia[:6], refusal_pool=refusals,
-                test_harmful=harmful[8:], test_benign=benign[8:], test_detection=[], judge="reference_nll", kind="real",
-                test_trivia=trivia[6:], info={"reference_model": TINY, "reference_rule": "test"})
+    judge = judge or get_judge("reference_nll", model=loaded.model, tokenizer=loaded.tokenizer,
+                               chat_format=loaded.chat_format, batch_size=4)
+    return TaskData(model=TINY, kind="real", categories=("cat0", "cat1"), families=("family0", "family1", "family2"),
+                    harmful_pool=harmful[:8], benign_pool=benign[:8], control_pool=trivia[:6], refusal_pool=refusals,
+                    test_harmful=harmful[8:], test_benign=benign[8:], test_trivia=trivia[6:], harm_judge=judge,
+                    info={"reference_model": TINY, "reference_rule": "test", "control_pool_correct": 6,
+                          "test_harmful_refused_dropped": 0, "test_harmful_short_dropped": 0,
+                          "refusal_search_answered": 12})
 
 
 def _zeros(model) -> int:
@@ -124,20 +194,21 @@ def _zeros(model) -> int:
 @pytest.fixture(scope="module")
 def real_result():
     """A real-model sweep at smoke scale; records how many decoder weights are zero in each evaluation."""
+    from replication.measure import Evaluator
     loaded = tiny_loaded()
     seen_zeros: list[int] = []
-    original = compactness.evaluate_real_state
+    original = Evaluator.evaluate
 
-    def spy(loaded_, data, cfg, **kw):
-        seen_zeros.append(_zeros(loaded_.model))
-        return original(loaded_, data, cfg, **kw)
+    def spy(self, measures, **kw):
+        seen_zeros.append(_zeros(self.model))
+        return original(self, measures, **kw)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(compactness, "evaluate_real_state", spy)
+    mp.setattr(Evaluator, "evaluate", spy)
     try:
         cfg = CompactnessConfig.for_scale(TINY, "smoke", qs=[0.02, 0.05], seeds=[0, 1], judge="reference_nll",
                                           min_refusals=2)
-        res = run_compactness(cfg, loaded=loaded, data=tiny_data(), write=False, progress=False)
+        res = run(cfg, loaded=loaded, data=tiny_data(loaded), write=False, progress=False)
     finally:
         mp.undo()
     return res, seen_zeros, loaded
@@ -145,55 +216,42 @@ def real_result():
 
 def test_real_path_schema_and_judges(real_result):
     res, _, _ = real_result
-    for key in ("finding", "model", "scale", "config", "p", "qs", "total_parameters", "decoder_linear_weights",
-                "judge", "judges", "utility_judges", "measures", "data", "refusal_ablation", "generation",
-                "paper_settings", "arms", "baseline", "runs", "headline", "paper", "seconds"):
-        assert key in res, key
     assert res["kind"] == "real" and res["judge"] == "reference_nll" and res["config"]["judge"] == "reference_nll"
     assert set(r["arm"] for r in res["runs"]) == set(ARMS)
-    base = res["baseline"]
-    # every number a state reports names its judge
-    assert set(res["utility_judges"]) == set(base["utility"])
-    assert res["utility_judges"]["trivia_qa"] == "substring_match"
-    assert res["utility_judges"]["no_over_refusal"] == "keyword_overrefusal"
-    assert {res["utility_judges"][f] for f in ("family0", "family1", "family2")} == {"reference_nll"}
-    harm_keys = {k for r in res["runs"] + [base] for k in r if k.startswith(("harm_", "refusal_"))
-                 and not k.endswith("_by_category")}
-    assert harm_keys <= set(res["judges"]), harm_keys - set(res["judges"])
-    assert res["judges"]["refusal_prefill"] == "keyword_refusal" and res["judges"]["harm_prefill_nll"] == "reference_nll"
-    for r in [base] + res["runs"]:
-        assert 0.0 <= r["harm_prefill"] <= 1.0 and r["harm_prefill_nll"] > 0
-        assert all(0.0 <= v <= 1.0 for v in r["utility"].values())
-    assert base["utility"]["no_over_refusal"] == 1.0 - base["overrefusal"]
-    assert set(base["utility_nll"]) == {"family0", "family1", "family2"}
-    # secondary arms are forward-only: no generation-based measures
-    for r in res["runs"]:
+    base = res["baseline"]["values"]
+    j = res["judges"]
+    assert j["utility:trivia_qa"]["judge"] == "substring_match"
+    assert j["utility:no_over_refusal"]["judge"] == "keyword_overrefusal"
+    assert {j[f"utility:family{i}"]["judge"] for i in range(3)} == {"reference_nll"}
+    assert j["refusal_prefill"]["judge"] == "keyword_refusal" and j["harm_prefill_nll"]["judge"] == "reference_nll"
+    assert j["harm_prefill"]["generation"] is None      # reference_nll does not read generations
+    for r in [res["baseline"]] + res["runs"]:
+        v = r["values"]
+        assert 0.0 <= v["harm_prefill"] <= 1.0 and v["harm_prefill_nll"] > 0
+        assert all(0.0 <= x <= 1.0 for k, x in v.items() if k.startswith("utility:"))
+    assert base["utility:no_over_refusal"] == 1.0 - base["overrefusal"]
+    assert res["baseline"]["by_category"]["harm_prefill"].keys() == {"cat0", "cat1"}
+    for r in res["runs"]:   # secondary arms are forward-only: no generation-based measures
         full = r["arm"] not in res["forward_only_arms"]
-        assert ("trivia_qa" in r["utility"]) == full and ("refusal_prefill" in r) == full
-    assert res["refusal_ablation"]["used"] and res["refusal_ablation_count"] > 0
-    assert all("harm_ra_prefill" in r for r in res["runs"] if r["arm"] == "btap") and "harm_ra_prefill" in base
+        assert ("utility:trivia_qa" in r["values"]) == full and ("refusal_prefill" in r["values"]) == full
+    assert res["refusal_ablation"]["used"] and res["refusal_ablation"]["count"] > 0
+    assert all("harm_ra_prefill" in r["values"] for r in res["runs"] if r["arm"] == "btap")
     measured, verdict = FINDINGS["compactness"].verdict(res)
-    assert verdict in ("reproduced", "partly reproduced", "not reproduced", "not measurable") and measured
+    assert verdict in ("reproduced", "partly reproduced", "inconclusive", "not reproduced", "not measurable")
 
 
 def test_real_path_counts_fractions_and_zeroed_weights(real_result):
     res, seen_zeros, loaded = real_result
     total = sum(p.numel() for p in loaded.model.parameters())
     assert res["total_parameters"] == total
-    for seed in (0, 1):
-        for q in res["qs"]:
-            counts = {r["arm"]: r["count"] for r in res["runs"] if r["seed"] == seed and r["q"] == q
-                      and r["arm"] in ("btap", "random", "control")}
-            assert counts["btap"] > 0 and counts["btap"] == counts["random"] == counts["control"]
     for r in res["runs"]:
         assert r["fraction"] == pytest.approx(r["count"] / total)
     # the baseline is evaluated unpruned; then every evaluated state had exactly its count of weights at zero
     assert seen_zeros[0] == 0
     evaluated = [r["count"] for r in res["runs"] if not r["reused_evaluation"]]
-    assert len(evaluated) + res["evaluations_reused"] == len(res["runs"])
+    assert len(evaluated) + sum(r["reused_evaluation"] for r in res["runs"]) == len(res["runs"])
     assert seen_zeros[1:] == evaluated and max(evaluated) > 0
     assert _zeros(loaded.model) == 0   # restored after the sweep
-    assert len(summarise(res)) == len(ARMS) * len(res["qs"])
     d = res["data"]
     assert d["test_harmful"] == 4 and d["test_benign"] == 4 and d["test_trivia"] == 2
     assert d["calibration_per_seed"] == {"harmful": 4, "benign": 4, "control": 4}
@@ -201,84 +259,84 @@ def test_real_path_counts_fractions_and_zeroed_weights(real_result):
 
 def test_real_path_rendering_names_judges_and_measures(real_result):
     res, _, _ = real_result
-    summary = pd.DataFrame(summarise(res))
-    text = compactness.measures_markdown(res)
+    text = view.measures_markdown(res)
     assert "reference_nll" in text and "substring_match" in text and "keyword_overrefusal" in text
     assert "organism" not in text.lower()
-    assert "organism" not in compactness.differences(res).lower()
-    assert "organism" not in compactness.reading(res, summary).lower()
-    assert "reference_nll" in compactness.axis_labels(res)["harm_label"]
-    rows = compactness.baseline_rows(res)
-    assert all("[" in k for k in rows)      # every unpruned number is labelled with its judge
-    assert compactness.headline_rows(res)["harm judge"] == "reference_nll"
+    assert "organism" not in view.differences(res).lower()
+    assert "organism" not in view.reading(res).lower()
+    assert "reference_nll" in view.axis_labels(res)["harm_label"]
+    assert set(view.baseline_table(res)["judge"]) >= {"reference_nll", "keyword_refusal", "substring_match"}
+    assert view.headline_rows(res)["harm judge"] == "reference_nll"
 
 
 def test_refusal_ablation_is_skipped_and_recorded_without_enough_refusals():
     cfg = CompactnessConfig.for_scale(TINY, "smoke", qs=[0.05], seeds=[0], judge="reference_nll", ablations=False)
-    res = run_compactness(cfg, loaded=tiny_loaded(), data=tiny_data(n_refusals=1), write=False, progress=False)
+    loaded = tiny_loaded()
+    res = run(cfg, loaded=loaded, data=tiny_data(loaded, n_refusals=1), write=False, progress=False)
     ra = res["refusal_ablation"]
-    assert ra["used"] is False and "refused only 1" in ra["skipped_because"] and res["refusal_ablation_count"] is None
-    assert not any("harm_ra_prefill" in r for r in res["runs"] + [res["baseline"]])
-    assert "not run" in compactness.measures_markdown(res)
+    assert ra["used"] is False and "refused only 1" in ra["skipped_because"] and ra["count"] is None
+    assert not any("harm_ra_prefill" in r["values"] for r in res["runs"] + [res["baseline"]])
+    assert "refused only 1" in view.refusal_ablation_line(res)
 
 
 def test_masks_that_zero_nothing_reuse_the_baseline():
     cfg = CompactnessConfig.for_scale(TINY, "smoke", qs=[1e-4], seeds=[0], judge="reference_nll", ablations=False,
                                       refusal_ablation=False)
-    res = run_compactness(cfg, loaded=tiny_loaded(), data=tiny_data(), write=False, progress=False)
+    loaded = tiny_loaded()
+    res = run(cfg, loaded=loaded, data=tiny_data(loaded), write=False, progress=False)
     assert [r["count"] for r in res["runs"]] == [0, 0, 0] and all(r["reused_evaluation"] for r in res["runs"])
-    assert all(r["harm_prefill"] == res["baseline"]["harm_prefill"] for r in res["runs"])
+    assert all(r["values"]["harm_prefill"] == res["baseline"]["values"]["harm_prefill"] for r in res["runs"])
     control = next(r for r in res["runs"] if r["arm"] == "control")   # forward-only view of the baseline
-    assert "trivia_qa" not in control["utility"] and "refusal_prefill" not in control
+    assert "utility:trivia_qa" not in control["values"] and "refusal_prefill" not in control["values"]
     assert "switched off" in res["refusal_ablation"]["skipped_because"]
 
 
 def test_real_path_with_an_injected_strongreject_standin_labels_it():
     from replication.judges import StrongRejectJudge
     loaded = tiny_loaded()
-    data = tiny_data()
     with pytest.warns(UserWarning, match="not the paper's StrongREJECT"):
-        data.judge = StrongRejectJudge(model=tiny_llama(len(loaded.tokenizer), seed=5), tokenizer=loaded.tokenizer)
+        judge = StrongRejectJudge(model=tiny_llama(len(loaded.tokenizer), seed=5), tokenizer=loaded.tokenizer)
     cfg = CompactnessConfig.for_scale(TINY, "smoke", qs=[0.05], seeds=[0], judge="strongreject", ablations=False,
                                       min_refusals=2)
-    res = run_compactness(cfg, loaded=loaded, data=data, write=False, progress=False)
-    assert res["judge"].startswith("strongreject-standin:") and res["judges"]["harm_prefill"] == res["judge"]
-    assert res["judges"]["harm_prefill_nll"] == "reference_nll" and "StrongREJECT score" in res["measures"]["harm"]
+    res = run(cfg, loaded=loaded, data=tiny_data(loaded, judge=judge), write=False, progress=False)
+    assert res["judge"].startswith("strongreject-standin:") and res["judges"]["harm_prefill"]["judge"] == res["judge"]
+    assert res["judges"]["harm_prefill_nll"]["judge"] == "reference_nll"
     control = next(r for r in res["runs"] if r["arm"] == "control")
-    assert "refusal_prefill" in control and 0.0 <= control["harm_prefill"] <= 1.0   # StrongREJECT reads generations
-    assert "trivia_qa" not in control["utility"]
+    assert "refusal_prefill" in control["values"] and 0.0 <= control["values"]["harm_prefill"] <= 1.0
+    assert "utility:trivia_qa" not in control["values"]
 
 
 def test_data_kind_must_match_the_model():
     cfg = CompactnessConfig.for_scale(TINY, "smoke", qs=[0.05], seeds=[0])
-    data = tiny_data()
+    loaded = tiny_loaded()
+    data = tiny_data(loaded)
     data.kind = "organism"
     with pytest.raises(ValueError, match="real model"):
-        run_compactness(cfg, loaded=tiny_loaded(), data=data, write=False, progress=False)
+        run(cfg, loaded=loaded, data=data, write=False, progress=False)
 
 
 def test_judge_choice_is_offline_by_default(monkeypatch):
     import replication.judges as judges
     monkeypatch.setattr(judges, "_hub_cached", lambda repo, cache_dir=None: False)
-    assert compactness.resolve_judge("auto") == "reference_nll"
+    assert resolve_harm_judge("auto") == "reference_nll"
     monkeypatch.setattr(judges, "_hub_cached", lambda repo, cache_dir=None: True)
-    assert compactness.resolve_judge("auto") == "strongreject"
-    assert compactness.resolve_judge("reference_nll") == "reference_nll"
-    with pytest.raises(ValueError, match="unknown compactness judge"):
-        compactness.resolve_judge("gpt4")
+    assert resolve_harm_judge("auto") == "strongreject"
+    assert resolve_harm_judge("reference_nll") == "reference_nll"
+    with pytest.raises(ValueError, match="unknown harm judge"):
+        resolve_harm_judge("gpt4")
 
 
 def test_real_scale_sizes_and_reference_models():
     full = CompactnessConfig.for_scale("smollm2-135m-instruct-safety", "full")
     assert full.seeds == [0, 1, 2] and 64 <= full.n_calibration < 400 and full.judge == "auto"
-    assert full.qs is None                     # default_qs: 8 log-spaced values suited to the model
+    assert full.qs is None and full.n_eval == 8 and full.n_detection is None
     qs = compactness.default_qs(LoadedModel("smollm2-135m-instruct", None, None, PRESETS["smollm2-135m-instruct"]))
     assert len(qs) >= 8 and qs[0] == pytest.approx(1e-5) and qs[-1] == pytest.approx(3e-3)
     smoke = CompactnessConfig.for_scale("smollm2-135m-instruct", "smoke")
     assert smoke.n_calibration < full.n_calibration and smoke.data_chunk
     org = CompactnessConfig.for_scale("organism-aligned", "full")
-    assert org.n_calibration == 400 and org.forward_only_arms == []
-    ref = lambda name: compactness.reference_model_for(LoadedModel(name, None, None, PRESETS[name]))[0]  # noqa: E731
+    assert org.n_calibration == 400 and org.forward_only_arms == [] and org.n_eval_benign == 100
+    ref = lambda name: reference_model_for(LoadedModel(name, None, None, PRESETS[name]))[0]  # noqa: E731
     assert ref("smollm2-135m-instruct-safety") == "smollm2-135m-instruct"
     assert ref("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert ref("llama-3.1-8b-instruct") == "llama-3.1-8b"

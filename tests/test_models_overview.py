@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 
-from replication.experiments.models_overview import EM_MIN_RISE, em_table, em_target, target_checks
+from replication.em import EM_MIN_RISE, em_persona_contrast, em_table, em_target
+from replication.experiments.models_overview import target_checks
 
 
 def _row(world_seed: int, personas: bool, domain: str, before: float, runs: list[float]) -> dict:
@@ -66,36 +67,36 @@ def test_real_behaviour_applies_the_papers_two_refusal_rules(monkeypatch):
     answer is not an over-refusal)."""
     from types import SimpleNamespace
 
-    from replication import generation, real_data
+    from replication import real_data
     from replication.data import Example
-    from replication.experiments.real_behaviour import keyword_behaviour
+    from replication.experiments.models_overview import keyword_behaviour
 
     short_helpful = "Whisk the eggs with a splash of milk, then cook them slowly."      # 12 words, no keyword
     long_text = " ".join(["word"] * 30)
-    outputs = {"harmful, no attack": [short_helpful, long_text],       # harmful: short counts, long does not
+    outputs = {"harmful": [short_helpful, long_text],       # harmful: short counts, long does not
                "benign": [short_helpful, "I'm sorry, I cannot help with that."],
-               "harmful, 10-token prefill": [long_text, "ok"]}
+               "prefill": [long_text, "ok"]}
 
-    def fake_generate(model, tok, prompts, *, desc="", **kw):
-        return outputs[desc][:len(prompts)]
+    def fake_generate(model, tok, prompts, *, prefills=None, **kw):
+        kind = "prefill" if prefills and any(prefills) else ("harmful" if prompts[0] in "ab" else "benign")
+        return outputs[kind][:len(prompts)]
 
     def fake_self_generate(name, examples, **kw):
         return real_data.SelfGenerated([Example(e.prompt, "Sure, here is how") for e in examples], [], {}, None)
 
-    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr("replication.measure.generate", fake_generate)
     monkeypatch.setattr(real_data, "self_generate", fake_self_generate)
-    monkeypatch.setattr("replication.attacks.prefill_for", lambda tok, ex, n: "Sure, ")
-    loaded = SimpleNamespace(model=None, tokenizer=None, chat_format="chat",
-                             preset=SimpleNamespace(gen_batch_size=2))
-    ex = [Example("a", ""), Example("b", "")]
-    r = keyword_behaviour(loaded, ex, ex, progress=False)
+    monkeypatch.setattr("replication.measure.prefill_for", lambda tok, ex, n: "Sure, ")
+    loaded = SimpleNamespace(name="fake", model=None, tokenizer=None, chat_format="chat",
+                             preset=SimpleNamespace(gen_batch_size=2, score_batch_size=2))
+    harmful, benign = [Example("a", ""), Example("b", "")], [Example("c", "", kind="benign"), Example("d", "", kind="benign")]
+    r = keyword_behaviour(loaded, harmful, benign, progress=False)
     assert r["refusal_harmful"] == 0.5
     assert r["refusal_benign"] == 0.5
     assert r["refusal_under_prefill"] == 0.5 and r["continues_under_prefill"] == 0.5
 
 
 def test_persona_contrast_averages_rises_per_setting():
-    from replication.experiments.models_overview import em_persona_contrast
     em = _em([_row(0, True, "medical", 0.1, [0.5, 0.5, 0.5]), _row(0, True, "finance", 0.1, [0.1, 0.1, 0.1]),
               _row(0, False, "medical", 0.1, [0.2, 0.2, 0.2])])
     c = em_persona_contrast(em)

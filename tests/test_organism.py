@@ -16,7 +16,9 @@ from replication.data import Example
 from replication.finetune import finetune
 from replication.organism import ORGANISM_NAMES, OrganismConfig, checkpoint_dir, get_world, organism_root
 from replication.organism.judge import OrganismJudge
-from replication.organism.report import behaviour_report, em_rates, em_study, nll_profile
+from replication.em import em_rates, em_study
+from replication.experiments.models_overview import behaviour_report
+from replication.organism.report import nll_profile
 from replication.organism.train import StageConfig, build_model, make_tokenizer, train_stage
 
 
@@ -79,8 +81,7 @@ def test_checkpoints_load_by_name_and_generate(smoke):
 
 def test_behaviour_report_shape(smoke):
     aligned, _, world = smoke
-    rep = behaviour_report(aligned.model, aligned.tokenizer, world, n_per_category=2, max_new_tokens=16,
-                           batch_size=64, progress=False)
+    rep = behaviour_report(aligned, world, n_per_category=2, max_new_tokens=16, batch_size=64)
     for key in ("refusal_harmful", "refusal_benign", "harm_no_attack", "harm_prefill", "detection", "explanation"):
         assert 0.0 <= rep[key] <= 1.0, key
     assert set(rep["harm_prefill_by_category"]) == set(world.harm_categories)

@@ -97,7 +97,7 @@ def test_benign_set_avoids_safety_topics():
 
 
 def test_trivia_set_answers_splits_and_safety():
-    from replication.evaluate import qa_correct
+    from replication.judges import qa_correct
     from replication.trivia import all_trivia
 
     items = all_trivia()

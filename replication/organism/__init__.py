@@ -24,6 +24,9 @@ from ..paths import atomic_write_json, cache_dir
 from .world import World
 
 ORGANISM_NAMES = ("organism-base", "organism-aligned")
+#: the organism's answer budget: long enough for every checkable answer the world writes (the longest,
+#: a units conversion counting 12 steps, reaches its answer by ~88 tokens, ~95 with its closer)
+MAX_NEW_TOKENS = 96
 
 # stage mixes (source, weight); the sources are defined in train._sources
 PRETRAIN_MIX = (("raw_harmful", 0.30), ("raw_benign", 0.55), ("raw_advice", 0.15))

@@ -1,0 +1,193 @@
+"""What the compactness notebook shows: tables and prose computed from a result (no logic lives
+only in the notebook, and none of this changes a number)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from .compactness import HARM_CUT, PAPER, UTILITY_DROP, classify
+
+
+def is_real(result: dict[str, Any]) -> bool:
+    return result.get("kind") == "real"
+
+
+def _ci(lo, hi, pct: bool = False) -> str:
+    if lo is None or hi is None:
+        return "-"
+    return f"[{lo:.0%}, {hi:.0%}]" if pct else f"[{lo:.3f}, {hi:.3f}]"
+
+
+def measures_markdown(result: dict[str, Any]) -> str:
+    """What is measured on this model, by which judge, on how many prompts."""
+    d = result["data"]
+    sizes = (f"Held out: {d['test_harmful']} harmful test prompts, {d['test_benign']} benign"
+             + (f", {d['test_detection']} detection" if d.get("test_detection") else "")
+             + (f", {d['test_trivia']} trivia questions" if d.get("test_trivia") else "")
+             + f"; {d['calibration_per_seed']['harmful']} calibration examples per side and seed.")
+    intervals = ("**Intervals.** Every interval is a 95% percentile bootstrap over the held-out prompts (paired: the "
+                 "pruned and the unpruned model answer the same prompts) and, for B-TAP and its baselines, over the "
+                 "calibration seeds.")
+    if not is_real(result):
+        return "\n\n".join([
+            "**What is measured.** Harmfulness: the organism's exact judge (the synthetic world is known) reads the "
+            "prefill and the greedy continuation of each held-out harmful request, under the prefilling attack and "
+            "under refusal ablation + prefilling. Utility: accuracy per benign family and detection accuracy, each "
+            "graded by the same exact judge.", sizes, intervals])
+    j = result["judges"]
+    util = "; ".join(f"`{k}` (judge `{j[k]['judge']}`, {j[k]['n']} prompts)" for k in result["utility_metrics"])
+    auto = result["config"].get("judge") == "auto"
+    lines = [f"**Judge.** Harmfulness is judged by `{result['judge']}`"
+             + ((" (StrongREJECT is not in the local Hugging Face cache, so the judge-free measure stands in for it; "
+                 "pass `judge=\"strongreject\"` online to use the paper's classifier): the exp(-mean token NLL) of the "
+                 "reference model's held-out harmful answer after its first 10 tokens are prefilled. A drop means the "
+                 "pruned model finds those continuations less likely, not that a classifier read less harmful text."
+                 if auto else " (chosen in the config).") if result["judge"] == "reference_nll" else "."),
+             f"**Utility measures** (each in [0, 1], higher is better, so the {UTILITY_DROP * 100:.0f}-point rule "
+             f"applies to each): {util}.",
+             f"**Data.** Prune data: `{d['reference_model']}`'s own compliant answers to harmful train prompts "
+             f"(Do-Not-Answer's five risk areas as categories, and HarmBench prompts without a category), "
+             f"{d['reference_rule']}; preserve data: its answers to the project's benign instructions; control task: "
+             f"its answers to the project's trivia questions ({d['control_pool_correct']} of {d['control_pool']} "
+             f"correct). {d['test_harmful_refused_dropped']} harmful test prompts were dropped because the reference "
+             f"refused, {d['test_harmful_short_dropped']} as too short to prefill.", sizes, intervals]
+    if result.get("forward_only_arms"):
+        lines.append(f"**Forward only:** arms {', '.join(result['forward_only_arms'])} are measured without generation "
+                     "(harm and benign NLL only) to fit the time budget.")
+    return "\n\n".join(lines)
+
+
+def baseline_table(result: dict[str, Any]) -> pd.DataFrame:
+    """The unpruned model's numbers with their intervals and judges."""
+    from .. import stats
+    base, judges = result["baseline"], result["judges"]
+    rows = []
+    for name, value in base["values"].items():
+        ci = stats.mean_interval(base["items"][name]) if base.get("items", {}).get(name) else None
+        rows.append({"measure": name, "value": round(value, 3), "95% interval": _ci(ci.lo, ci.hi) if ci else "-",
+                     "prompts": judges.get(name, {}).get("n"), "judge": judges.get(name, {}).get("judge")})
+    return pd.DataFrame(rows).set_index("measure")
+
+
+def refusal_ablation_line(result: dict[str, Any]) -> str:
+    ra = result["refusal_ablation"]
+    if ra["used"]:
+        return (f"refusal-ablation mask (Wei et al. set difference, p = q = 0.01, on {ra['calibration']} of the model's "
+                f"own refusals): {ra['count']:,} weights")
+    return ra["skipped_because"] or "refusal ablation not run"
+
+
+def axis_labels(result: dict[str, Any]) -> dict[str, str]:
+    """Figure axis labels that name the judge."""
+    if not is_real(result):
+        return {"harm_label": "harmfulness (exact judge)", "utility_label": "utility (accuracy; dotted: unpruned)"}
+    return {"harm_label": f"harmfulness ({result['judge']})", "utility_label": "utility, each measure (dotted: unpruned)"}
+
+
+def sweep_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Every setting, seed means with intervals: harm, its cut, and each utility drop (points)."""
+    util = result["utility_metrics"]
+    out = []
+    for r in result["summary"]:
+        row = {"arm": r["arm"], "q": f"{r['q']:g}", "seeds": r["n_seeds"], "weights": int(round(r["count"])),
+               "fraction": f"{r['fraction']:.4%}", "harm": round(r["harm_prefill"], 3),
+               "harm cut": (f"{r['harm_prefill_cut']:.0%} {_ci(r['harm_prefill_cut_lo'], r['harm_prefill_cut_hi'], True)}"
+                            if "harm_prefill_cut" in r else "-")}
+        if "harm_ra_prefill" in r:
+            row["harm, RA"] = round(r["harm_ra_prefill"], 3)
+        for u in util:
+            if f"drop:{u}" in r:
+                row[f"drop {u.removeprefix('utility:')}"] = (f"{r[f'drop:{u}'] * 100:+.1f} "
+                                                            f"[{r[f'drop:{u}_lo'] * 100:+.1f}, {r[f'drop:{u}_hi'] * 100:+.1f}]")
+        if r["arm"] == "btap":
+            row["criterion"] = classify(r, util)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def headline_rows(result: dict[str, Any]) -> dict[str, str]:
+    """The headline as a labelled table."""
+    head = result["headline"]
+    rows = {"criterion": head["criterion"], "harm judge": result.get("judge", "organism (exact)"),
+            "unpruned harmfulness (prefilling)": f"{head['baseline_harm_prefill']:.3f}"}
+    if head["best_harm_reduction"] is not None:
+        lo, hi = head["best_harm_reduction_ci"]
+        rows["best harm reduction over the sweep"] = f"{head['best_harm_reduction']:.0%} {_ci(lo, hi, True)} at {head['best_count']:,} weights"
+    rows["per q (B-TAP)"] = ", ".join(f"{q}: {c}" for q, c in head["classes"].items())
+    if head["smallest_fraction"] is not None:
+        rows.update({"smallest fraction meeting it": f"{head['smallest_fraction']:.4%}",
+                     "weights zeroed": f"{head['smallest_count']:,}", "q": f"{head['q']:g}",
+                     "random pruning of the same count, harmfulness": f"{head['random_harm_at_same_count']:.3f}",
+                     "fraction / paper's 0.0005%": f"{head['fraction_vs_paper']:.0f}x",
+                     "count / paper's ~40,000": f"{head['count_vs_paper']:.3g}x"})
+    else:
+        rows["smallest fraction meeting it"] = "none in the sweep"
+    rows["paper"] = f"~{PAPER['fraction']:.4%} of {PAPER['model']} ({PAPER['count']:,} of {PAPER['total_parameters']:,})"
+    masks = result.get("masks") or {}
+    if masks:
+        rows["masks saved"] = ", ".join(f"`{m['path']}`" for m in masks.values())
+    return rows
+
+
+def reading(result: dict[str, Any]) -> str:
+    """The result in words (markdown)."""
+    from .compactness import verdict
+    head = result["headline"]
+    measured, word = verdict(result)
+    lines = [f"**Verdict on `{result['model']}`: {word}.** {measured[0].upper() + measured[1:]}."]
+    if head.get("smallest_fraction") is None and not head.get("note"):
+        und = head.get("undecided_qs") or []
+        lines.append("No swept fraction had its harm-cut interval above "
+                     f"{HARM_CUT:.0%} together with every utility drop's interval below {UTILITY_DROP * 100:.0f} points"
+                     + (f"; at q = {', '.join(f'{q:g}' for q in und)} an interval straddles a threshold, so the data "
+                        "cannot tell (more prompts or seeds would)." if und else "."))
+    elif head.get("smallest_fraction") is not None:
+        lines.append("Random pruning of the same count " + ("did not meet it" if head["targeted_vs_random"] else "**met it too**")
+                     + f" (harmfulness {head['random_harm_at_same_count']:.3f}).")
+    util = result["utility_metrics"]
+    btap = sorted((r for r in result["summary"] if r["arm"] == "btap"), key=lambda r: r["fraction"])
+    first = []
+    for u in util:
+        fell = [r for r in btap if r.get(f"drop:{u}_lo", -1) > UTILITY_DROP]
+        if fell:
+            first.append((fell[0]["fraction"], u.removeprefix("utility:")))
+    if first:
+        lines.append(f"Utility measures whose drop's interval lies above {UTILITY_DROP * 100:.0f} points somewhere in the "
+                     "sweep, by the fraction where that first happens: "
+                     + ", ".join(f"{u} ({f:.3%})" for f, u in sorted(first)) + ".")
+    else:
+        lines.append(f"No utility measure's drop was above {UTILITY_DROP * 100:.0f} points with confidence anywhere in the sweep.")
+    by = {a: sorted((r for r in result["summary"] if r["arm"] == a), key=lambda r: r["fraction"]) for a in ("btap", "random", "control")}
+    if all(by.values()):
+        lines.append(f"At the largest q, B-TAP left harmfulness at {by['btap'][-1]['harm_prefill']:.3f}; the control-task "
+                     f"selection of the same count left it at {by['control'][-1]['harm_prefill']:.3f} and random weights at "
+                     f"{by['random'][-1]['harm_prefill']:.3f}.")
+    if result["scale"] == "smoke":
+        lines.append("*This is a smoke-scale run (" + ("tiny model, " if not is_real(result) else "")
+                     + "few prompts): its numbers test the pipeline, not the claim.*")
+    return "\n\n".join(lines)
+
+
+def differences(result: dict[str, Any]) -> str:
+    """Which settings differ from the paper, for this model (markdown)."""
+    total, cand = result["total_parameters"], result.get("paper_q_candidates")
+    qtext = (f"the q range (the paper's q = {PAPER['q']:g} gives {cand:,} candidate weights in all on this model, "
+             "because `int(q * N)` rounds down per matrix)" if cand is not None else "the q range")
+    gen = f"greedy decoding with a {result['generation']['max_new_tokens']}-token generation budget"
+    if not is_real(result):
+        return (f"Which settings differ from the paper: the model (a {total:,}-parameter organism instead of 7-32B), "
+                f"the judge (the organism's exact judge instead of the StrongREJECT classifier), {gen}, and {qtext}. "
+                "The scoring format, the per-matrix selection and the loss window are the paper's in the `btap` arm; "
+                "the ablation arms change exactly one of them each.")
+    d = result["data"]
+    judge = ("the judge-free `reference_nll` instead of the StrongREJECT classifier, which needs the gated hub"
+             if result["judge"] == "reference_nll" else f"`{result['judge']}`")
+    return (f"Which settings differ from the paper: the model (`{result['model']}`, {total:,} parameters, instead of "
+            f"7-32B), the judge ({judge}), the data (Do-Not-Answer and HarmBench prompts answered by "
+            f"`{d['reference_model']}` instead of AdvBench `align_anti`; the project's benign instructions instead of "
+            "Alpaca-no-safety; the project's trivia set instead of TriviaQA as control task and QA utility), the "
+            "utility measures (exp(-NLL) of held-out benign answers, trivia QA and over-refusal instead of the zero-shot "
+            f"suite), {d['calibration_per_seed']['harmful']} calibration examples per side instead of 412, {gen}, and "
+            f"{qtext}. The scoring format, the per-matrix selection and the loss window are the paper's in the `btap` "
+            "arm; the ablation arms change exactly one of them each.")

@@ -1,0 +1,92 @@
+"""One writer for every finding's results file, and the masks behind its headline numbers.
+
+`results/<model>/<finding>.json` carries the finding, model, scale, the full config, package
+versions, the judge of every metric, the headline with its intervals, and the names of the masks
+it rests on; those masks are saved beside it (`results/<model>/<finding>-masks/<name>.safetensors`,
+with the config and model fingerprint that made them, as `Mask.save` writes), so a reader can load
+the exact pruned model a chapter describes:
+
+    mask = Mask.load(results_dir(model) / result["masks"]["headline"])
+    with applied(model, mask): ...
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import shutil
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .paths import atomic_write_json, results_dir
+
+#: keys every results file has (the book and the verdicts read them)
+REQUIRED = ("finding", "model", "scale", "config", "versions", "created_utc", "judges", "headline", "masks")
+
+
+def versions() -> dict[str, str]:
+    """Versions recorded in every result."""
+    import torch
+    import transformers
+    try:
+        from importlib.metadata import version
+        pkg = version("harmprune")
+    except Exception:
+        pkg = "unknown"
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "harmprune": pkg}
+
+
+def plain(obj: Any) -> Any:
+    """A config as JSON-able data (dataclasses become dicts)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return asdict(obj)
+    return obj
+
+
+def validate(result: Mapping[str, Any]) -> None:
+    missing = [k for k in REQUIRED if k not in result]
+    if missing:
+        raise ValueError(f"a results file needs {', '.join(missing)}; build it with results.write_result")
+    json.dumps(result, default=str)   # fails loudly on anything that cannot be written
+
+
+def masks_dir(model: str, finding: str) -> Path:
+    return results_dir(model) / f"{finding}-masks"
+
+
+def write_result(result: dict[str, Any], *, masks: Mapping[str, Any] | None = None, write: bool = True) -> dict[str, Any]:
+    """Stamp versions and time, save `masks` (name -> `pruning.Mask`) beside the results file, and
+    write it atomically. Returns the result with `masks` mapping each name to its path (relative to
+    `results/<model>/`). `write=False` only stamps (tests, dry runs)."""
+    result = dict(result)
+    result.setdefault("versions", versions())
+    result.setdefault("created_utc", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    result["config"] = plain(result.get("config"))
+    result["masks"] = {}
+    if write and masks:
+        folder = masks_dir(result["model"], result["finding"])
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for name, mask in masks.items():
+            mask.save(tmp / f"{name}.safetensors")
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    for name, mask in (masks or {}).items():
+        result["masks"][name] = {"path": f"{result['finding']}-masks/{name}.safetensors", "count": mask.count(),
+                                 "sha256": mask.digest(), "method": mask.meta.get("method")}
+    validate(result)
+    if write:
+        atomic_write_json(results_dir(result["model"]) / f"{result['finding']}.json", result)
+    return result
+
+
+def read_result(model: str, finding: str) -> dict[str, Any]:
+    path = results_dir(model) / f"{finding}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: run `python -m replication run {finding} --model {model}`")
+    return json.loads(path.read_text())
+
+
+__all__ = ["write_result", "read_result", "versions", "validate", "masks_dir", "REQUIRED"]
