@@ -119,6 +119,30 @@ def test_em_rates_and_study_smoke(smoke):
         em_study(aligned.model, aligned.tokenizer, world, domain="ruler", seeds=(0,))
 
 
+def test_em_study_prunes_each_copy_before_the_fine_tune_and_restores_the_model(smoke, monkeypatch):
+    import copy
+
+    import replication.finetune as ft
+    from replication.pruning import Mask
+    from replication.scoring import decoder_linears
+    aligned, _, world = smoke
+    seen = []
+
+    def fake_finetune(model, tokenizer, examples, **kw):
+        seen.append(float(decoder_linears(model)[name].weight.view(-1)[:10].abs().sum()))
+        return copy.deepcopy(model)
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    name, mod = next(iter(decoder_linears(aligned.model).items()))
+    before = mod.weight.detach().clone()
+    mask = Mask({name: torch.arange(10)}, {name: tuple(mod.weight.shape)}, None, {"method": "test"})
+    study = em_study(aligned.model, aligned.tokenizer, world, domain="finance", seeds=(0,), n_train=8, steps=1,
+                     lr=0.0, n_prompts=1, samples=1, max_new_tokens=4, prune_before=mask, progress=False)
+    assert study["pruned_before"]["count"] == 10 and study["pruned_before"]["method"] == "test"
+    assert seen == [0.0]                          # fine-tuned from the pruned weights
+    assert torch.equal(mod.weight, before)        # the model itself is restored
+
+
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_finetune_learns_is_seeded_and_leaves_the_input(smoke, method):
     aligned, _, world = smoke
