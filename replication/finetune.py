@@ -20,9 +20,9 @@ import random
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .data import Example
+from .progress import progress_bar
 
 METHODS = ("full", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -98,7 +98,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], *, steps: int, lr: f
     rng = random.Random(f"finetune|{seed}")
     order: list[int] = []
     model.train()
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(steps), desc=desc, enabled=progress, unit="steps", leave=False)
     for step in bar:
         while len(order) < batch_size:
             epoch = list(range(len(encoded)))

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
+
+from .progress import progress_bar
 
 CHAT_FORMATS = ("chat", "qa", "raw")
 
@@ -79,7 +80,7 @@ def generate(model, tokenizer, prompts: Sequence[str], *, chat_format: str = "ch
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: dict[int, str] = {}
         batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-        for batch in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        for batch in progress_bar(batches, desc=desc, enabled=progress, unit="batches", leave=False):
             enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
             kwargs = dict(max_new_tokens=config.max_new_tokens, pad_token_id=tokenizer.pad_token_id)
             if config.do_sample:

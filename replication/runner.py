@@ -11,15 +11,24 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from . import progress as _progress
 from .findings import FINDINGS, finding
 from .paths import PACKAGE_DIR, REPO_ROOT, results_dir, safe_name
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+#: At most one status line of a running bar per this many seconds, in place on a terminal and as
+#: plain lines in a log (messages and finished bars print at once).
+STATUS_INTERVAL_S = 5.0
+LOG_STATUS_INTERVAL_S = 10.0
+#: A bar's "done" line is printed only if the bar ran at least this long (short loops stay quiet).
+DONE_LINE_MIN_S = 10.0
 
 
 class RunError(RuntimeError):
@@ -56,6 +65,108 @@ def notebook_parameters(path: Path) -> dict[str, Any]:
     """The names and defaults declared in a notebook's `parameters` cell."""
     import papermill as pm
     return {k: v.get("default") for k, v in pm.inspect_notebook(str(path)).items()}
+
+
+class ProgressTail:
+    """Tail the kernel's progress file (see `replication.progress`) in a background thread and
+    print concise status lines to `stream`: in place (`\\r`) on a terminal, plain lines otherwise."""
+
+    def __init__(self, path: str, stream=None, *, poll_s: float = 0.5):
+        self.path = path
+        self.stream = stream if stream is not None else sys.stderr
+        self.poll_s = poll_s
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._offset = 0
+        self._partial = ""
+        self._bars: dict[str, dict] = {}
+        self._pending: str | None = None      # bar id whose latest state is not printed yet
+        self._last_status = time.monotonic()  # the first status line comes after one interval
+        self._inplace = False                 # a \r line is on screen (tty only)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="harmprune-progress", daemon=True)
+
+    def start(self) -> "ProgressTail":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+        try:
+            self._poll(final=True)
+        except Exception:  # noqa: BLE001 - progress display must never mask the run's outcome
+            pass
+        if self._inplace:
+            self._write("\r\x1b[K")
+            self._inplace = False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self._poll()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def _line(self, text: str) -> None:
+        """A permanent line (message, finished bar)."""
+        self._write(("\r\x1b[K" if self._inplace else "") + text + "\n")
+        self._inplace = False
+
+    def _status(self, text: str) -> None:
+        if self.tty:
+            self._write("\r\x1b[K" + text)
+            self._inplace = True
+        else:
+            self._write(text + "\n")
+
+    def _read(self) -> list[dict]:
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                fh.seek(self._offset)
+                chunk = fh.read()
+                self._offset = fh.tell()
+        except OSError:
+            return []
+        lines = (self._partial + chunk).split("\n")
+        self._partial = lines.pop()
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return records
+
+    def _poll(self, final: bool = False) -> None:
+        for rec in self._read():
+            kind, bar = rec.get("kind"), rec.get("id")
+            if kind == "message":
+                self._line(_progress.format_record(rec))
+            elif kind in ("start", "update"):
+                self._bars[bar] = rec
+                self._pending = bar
+            elif kind == "end":
+                self._bars.pop(bar, None)
+                if self._pending == bar:
+                    self._pending = None
+                if (rec.get("elapsed") or 0) >= DONE_LINE_MIN_S:
+                    self._line(_progress.format_record(rec))
+        now = time.monotonic()
+        interval = STATUS_INTERVAL_S if self.tty else LOG_STATUS_INTERVAL_S
+        if not final and self._pending is not None and now - self._last_status >= interval:
+            rec = self._bars.get(self._pending)
+            self._pending = None
+            if rec is not None:
+                self._last_status = now
+                self._status(_progress.format_record(rec))
 
 
 @dataclass
@@ -105,6 +216,13 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
     start = time.time()
     env_scale = os.environ.get("HARMPRUNE_SCALE")
     os.environ["HARMPRUNE_SCALE"] = scale
+    # the kernel inherits this environment: its progress bars append records to this file, which
+    # a thread tails to print status lines here (the executed notebook stays free of bars)
+    env_progress = os.environ.get(_progress.ENV_VAR)
+    fd, progress_path = tempfile.mkstemp(prefix="harmprune-progress-", suffix=".jsonl")
+    os.close(fd)
+    os.environ[_progress.ENV_VAR] = progress_path
+    tail = ProgressTail(progress_path).start()
     try:
         pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name="python3",
                             progress_bar=progress, cwd=str(NOTEBOOK_DIR), log_output=False)
@@ -116,10 +234,19 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
         raise RunError(f"{fnd.notebook} failed in cell {err.exec_count or err.cell_index} "
                        f"({err.ename}: {evalue}); the executed copy with the traceback is {failed}") from None
     finally:
+        tail.stop()
+        try:
+            os.unlink(progress_path)
+        except OSError:
+            pass
         if env_scale is None:
             os.environ.pop("HARMPRUNE_SCALE", None)
         else:
             os.environ["HARMPRUNE_SCALE"] = env_scale
+        if env_progress is None:
+            os.environ.pop(_progress.ENV_VAR, None)
+        else:
+            os.environ[_progress.ENV_VAR] = env_progress
     nb = json.loads(tmp.read_text())
     nb.setdefault("metadata", {})["harmprune"] = {"cache_key": cache_key, "status": "ok", "model": model,
                                                   "parameters": params, "seconds": round(time.time() - start, 1)}

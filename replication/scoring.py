@@ -471,9 +471,9 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
     n_tokens = sum(len(a) for a, _ in encoded)
     n_loss_tokens = sum(sum(1 for t in b if t != -100) for _, b in encoded)
 
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
-    bar = tqdm(total=len(encoded), desc=f"{score} scores ({role})", unit="ex", disable=not progress)
+    bar = progress_bar(total=len(encoded), desc=f"{score} scores ({role})", unit="ex", enabled=progress)
     hooks = _ScoreHooks(model, modules, score, abs_chunk_elements)
     total_loss = 0.0
     try:

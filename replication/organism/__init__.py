@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ..paths import atomic_write_json, cache_dir
+from ..progress import report as report_progress   # `report` is the submodule organism.report
 from .world import World
 
 ORGANISM_NAMES = ("organism-base", "organism-aligned")
@@ -135,9 +136,8 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
         t0 = time.perf_counter()
-        if progress:
-            print(f"training the organism {config.key()} (3 stages, {torch.get_num_threads()} CPU threads); "
-                  f"cached in {root}", flush=True)
+        report_progress(f"training the organism {config.key()} (3 stages, {torch.get_num_threads()} CPU threads); "
+                        f"cached in {root}", enabled=progress)
         world = get_world(config)
         tok = make_tokenizer(world, config.vocab_size, config.train_seed)
         model = build_model(tok, hidden=config.hidden, layers=config.layers, heads=config.heads,
@@ -147,7 +147,9 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
                   ("instruct", StageConfig(config.instruct_steps, config.instruct_lr, config.instruct_mix, config.batch_size)),
                   ("align", StageConfig(config.align_steps, config.align_lr, config.align_mix, config.batch_size,
                                         warmup=min(50, config.align_steps // 5)))]
-        for stage_name, stage in stages:
+        for i, (stage_name, stage) in enumerate(stages, 1):
+            report_progress(f"organism stage {i}/{len(stages)}: {stage_name}, {stage.steps} steps of {stage.batch_size}",
+                            enabled=False)   # for the runner only; the bar shows it interactively
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
                                              desc=f"organism {stage_name}", progress=progress))
             if stage_name == "instruct":

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-from tqdm.auto import tqdm
 
+from ..progress import progress_bar
 from .tokenizer import ASSISTANT, END, USER, train_tokenizer
 from .world import World
 
@@ -143,7 +143,7 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     losses: list[float] = []
     n_tokens = 0
     t0 = time.perf_counter()
-    bar = tqdm(range(stage.steps), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(stage.steps), desc=desc, enabled=progress, unit="steps", leave=False)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, stage)
