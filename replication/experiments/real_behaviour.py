@@ -24,7 +24,7 @@ def keyword_behaviour(loaded: LoadedModel, harmful: Sequence[Example], benign: S
     from ..attacks import prefill_for
     from ..generation import GenerationConfig, generate
     from ..judges import OVERREFUSAL_MAX_WORDS, REFUSAL_MIN_WORDS, is_keyword_overrefusal, is_keyword_refusal
-    from ..real_data import self_generate
+    from ..self_generated import self_generate
 
     harmful, benign = list(harmful)[:n], list(benign)[:n]
     if not harmful or not benign:
