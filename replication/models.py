@@ -99,11 +99,11 @@ def builder_for(name: str) -> Callable[[], Path]:
 def cache_identity(name: str) -> str:
     """What caches keyed by model name store for `name`: the name itself, or for a derived model
     `"<name>:<recipe key>"` (its name alone does not fix the weights)."""
-    if name not in DERIVED:
-        return name
-    if name not in IDENTITIES:
+    if name in IDENTITIES:
+        return f"{name}:{IDENTITIES[name]()}"
+    if name in DERIVED:
         raise _missing_builder(name)
-    return f"{name}:{IDENTITIES[name]()}"
+    return name
 
 
 @dataclass
