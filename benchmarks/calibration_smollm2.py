@@ -6,7 +6,7 @@
 The paper scores 412 harmful (prune) examples with the signed score and as many benign (preserve)
 examples with the absolute score. Here the harmful examples are SmolLM2-135M-Instruct's own
 answers to Do-Not-Answer/HarmBench train prompts and the benign ones its answers to the project's
-benign instructions (`real_data.harmful_prune_set` / `benign_preserve_set`, generated once and cached;
+benign instructions (`self_generated.harmful_prune_set` / `benign_preserve_set`, generated once and cached;
 generation is not timed), in the paper's raw format. The target for 2 CPU cores is 20 minutes for
 both passes at n = 412. Results go to `benchmarks/results/calibration-smollm2-<device>.json`.
 Not a test: numbers depend on the machine and on what else runs on it.
@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from replication import real_data  # noqa: E402
+from replication import self_generated  # noqa: E402
 from replication.models import load_model  # noqa: E402
 from replication.paths import atomic_write_json  # noqa: E402
 from replication.scoring import compute_scores  # noqa: E402
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     loaded = load_model("smollm2-135m-instruct", device=args.device)
-    harmful = real_data.harmful_prune_set(loaded.name, n=args.n)
-    benign = real_data.benign_preserve_set(loaded.name, n=args.n)
+    harmful = self_generated.harmful_prune_set(loaded.name, n=args.n)
+    benign = self_generated.benign_preserve_set(loaded.name, n=args.n)
     if len(harmful) < args.n or len(benign) < args.n:
         print(f"note: only {len(harmful)} harmful / {len(benign)} benign answers are available in the train split "
               f"(refusals dropped); timing those", file=sys.stderr)

@@ -5,7 +5,7 @@ preserve set is Alpaca-cleaned without safety-related rows, which needs the hub:
 `real_data.load_alpaca_no_safety`). Requests are everyday and short, the kind of thing a 135M chat
 model can answer, and none of them touches a safety-relevant topic (no medicine, law, money advice,
 weapons, chemicals, people's private data), so a refusal of any of them is an over-refusal.
-Answers are not stored: they are the model's own, generated once by `real_data.self_generate`.
+Answers are not stored: they are the model's own, generated once by `self_generated.self_generate`.
 Edit with care: prompts are split by a hash of their text, so changing one moves only that one.
 """
 from __future__ import annotations

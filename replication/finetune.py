@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .batching import collate
 from .data import Example
 from .progress import progress_bar
 
@@ -36,18 +37,6 @@ def _encode(tokenizer, example: Example, fmt: str, max_len: int) -> tuple[list[i
     if fmt == "raw" and tokenizer.eos_token_id is not None:
         ids, labels = ids + [tokenizer.eos_token_id], labels + [tokenizer.eos_token_id]
     return ids[:max_len], labels[:max_len]
-
-
-def _collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict[str, torch.Tensor]:
-    T = max(len(i) for i, _ in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    lab = torch.full((len(rows), T), -100, dtype=torch.long)
-    att = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, (i, l) in enumerate(rows):
-        ids[r, :len(i)] = torch.tensor(i)
-        lab[r, :len(l)] = torch.tensor(l)
-        att[r, :len(i)] = 1
-    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": lab.to(device)}
 
 
 def _lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -108,7 +97,7 @@ def finetune(model, tokenizer, examples: Sequence[Example], *, steps: int, lr: f
         for group in opt.param_groups:
             group["lr"] = lr * _lr_factor(step, steps, warmup)
         opt.zero_grad(set_to_none=True)
-        loss = model(**_collate([encoded[i] for i in idx], pad, device)).loss
+        loss = model(**collate([encoded[i] for i in idx], pad, device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()

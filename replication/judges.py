@@ -36,6 +36,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .batching import IGNORE, collate
+
 # --------------------------------------------------------------------------------------------
 # Result container and registry
 # --------------------------------------------------------------------------------------------
@@ -581,17 +583,10 @@ def sequence_nll(model, tokenizer, contexts: Sequence[str], targets: Sequence[st
             batch = [i for i in batch if ntok[i] > 0]
             if not batch:
                 continue
-            width = max(len(rows[i][0]) + len(rows[i][1]) for i in batch)
-            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
-            attn = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, i in enumerate(batch):   # right padding
-                c, t = rows[i]
-                seq = c + t
-                ids[r, :len(seq)] = torch.tensor(seq)
-                attn[r, :len(seq)] = 1
-                labels[r, len(c):len(seq)] = torch.tensor(t)
-            ids, labels, attn = ids.to(device), labels.to(device), attn.to(device)
+            enc = collate([(rows[i][0] + rows[i][1], [IGNORE] * len(rows[i][0]) + rows[i][1]) for i in batch],
+                          pad_id, device)
+            ids, labels, attn = enc["input_ids"], enc["labels"], enc["attention_mask"]
+            width = ids.shape[1]
             # logits only where some row predicts a target token: the vocabulary projection and the
             # fp32 copy of context positions are most of a forward pass's waste on long prompts
             lo = max(0, min(len(rows[i][0]) for i in batch) - 1)

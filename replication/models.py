@@ -3,6 +3,11 @@
 `load_model(name)` returns a `LoadedModel` (model, tokenizer, chat format, preset). A preset is
 one row in `PRESETS`: how to render prompts, the default p/q and batch sizes; forking the
 replication for a new model means adding a row (or passing a hub id, which gets defaults).
+
+A *derived* preset (`DERIVED`: the SmolLM2 safety counterpart, made by SFT from the instruct model's
+own answers) is built by a recipe that sits above this module (it generates with models loaded
+here). The recipe registers a builder with `register_builder` when imported; `load_model` calls it,
+so this module never imports the recipe (every experiment imports it, so users need not).
 """
 from __future__ import annotations
 
@@ -55,6 +60,51 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 
 DEFAULT_MODEL = "organism-aligned"
 
+#: Derived presets -> their builder, as `module.function`; importing the module registers it (the
+#: error raised without it names both).
+DERIVED: dict[str, str] = {"smollm2-135m-instruct-safety": "replication.safety_sft.build_safety_counterpart"}
+
+#: Builders of derived models: each returns the model's saved folder, building it first if it is missing.
+BUILDERS: dict[str, Callable[[], Path]] = {}
+#: The recipe key of each derived model, appended to its name wherever answers are cached by name.
+IDENTITIES: dict[str, Callable[[], str]] = {}
+
+
+class MissingBuilderError(RuntimeError):
+    """A derived model was asked for, but the module holding its recipe was never imported."""
+
+
+def register_builder(name: str, build: Callable[[], Path], identity: Callable[[], str] | None = None) -> None:
+    """Make `load_model(name)` load the folder `build()` returns (building it on first use), and
+    `cache_identity(name)` append `identity()` (the recipe's key) to the name."""
+    BUILDERS[name] = build
+    if identity is not None:
+        IDENTITIES[name] = identity
+
+
+def _missing_builder(name: str) -> MissingBuilderError:
+    builder = DERIVED.get(name, "its_recipe.build")
+    module = builder.rsplit(".", 1)[0]
+    return MissingBuilderError(f"{name!r} is built by a recipe that is not registered: `import {module}` first "
+                               f"(it registers the builder; {builder}() builds the model)")
+
+
+def builder_for(name: str) -> Callable[[], Path]:
+    """The registered builder of derived model `name` (a clear error naming the import if none is)."""
+    if name not in BUILDERS:
+        raise _missing_builder(name)
+    return BUILDERS[name]
+
+
+def cache_identity(name: str) -> str:
+    """What caches keyed by model name store for `name`: the name itself, or for a derived model
+    `"<name>:<recipe key>"` (its name alone does not fix the weights)."""
+    if name in IDENTITIES:
+        return f"{name}:{IDENTITIES[name]()}"
+    if name in DERIVED:
+        raise _missing_builder(name)
+    return name
+
 
 @dataclass
 class LoadedModel:
@@ -103,10 +153,12 @@ def _load_organism(preset: Preset, scale: str, device: str, dtype) -> tuple[Any,
 
 
 def _load_smollm2(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
-    from .smollm2 import load_smollm2
-    variant = "safety" if preset.name.endswith("-safety") else "instruct"
-    model, tok = load_smollm2(variant, device=device, dtype=dtype or torch.float32)
-    return model, tok, {"variant": variant}
+    from . import smollm2
+    if preset.name in DERIVED:   # the safety counterpart: its recipe's folder, built on first use
+        model, tok = smollm2.load_folder(builder_for(preset.name)(), device=device, dtype=dtype or torch.float32)
+        return model, tok, {"variant": "safety"}
+    model, tok = smollm2.load_smollm2("instruct", device=device, dtype=dtype or torch.float32)
+    return model, tok, {"variant": "instruct"}
 
 
 def _load_hub(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:

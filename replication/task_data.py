@@ -19,8 +19,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from . import real_data as rd
+from . import self_generated as sg
 from .data import Example, stable_hash
-from .judges import Judge, get_judge
+from .judges import Judge, StrongRejectJudge, get_judge
+from .models import PRESETS, UnknownModelError, resolve_preset
 
 #: Real harmful answers shorter than this (tokens) are dropped: the 10-token prefill must leave a
 #: continuation to score, and the skip-10 ablation needs tokens past the first 10.
@@ -186,7 +189,6 @@ def reference_model_for(loaded) -> tuple[str, str]:
     model refuses, so its own answers hold no harmful text. The rule: the preset's counterpart when
     that counterpart plays the unaligned role (smollm2-135m-instruct-safety -> smollm2-135m-instruct,
     its pre-alignment self), else the model itself."""
-    from .models import PRESETS
     preset = loaded.preset
     other = PRESETS.get(preset.counterpart or "")
     if other is not None and not other.aligned and other.source != "organism":
@@ -235,7 +237,7 @@ class RealDataConfig:
     n_pool: int = 128                   # examples per calibration pool (2 x n_calibration: seeds draw apart)
     n_refusals: int = 64                # the model's own refusals wanted (refusal-ablation prune data)
     refusal_prompts: int = 256          # harmful train prompts searched for them
-    data_chunk: int | None = None       # prompts per self-generation cache file (None: real_data.CHUNK)
+    data_chunk: int | None = None       # prompts per self-generation cache file (None: self_generated.CHUNK)
     reference_model: str | None = None  # whose answers are the data (None: `reference_model_for`)
     judge: str = "auto"
 
@@ -247,15 +249,12 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     answers (its refusals dropped and counted: a refusal is no harmful reference), `n_eval_benign`
     benign prompts per family with its answers, `n_qa` trivia questions. Every generation is cached,
     so a rerun generates nothing."""
-    from . import real_data as rd
-    from .judges import StrongRejectJudge
-    from .models import UnknownModelError, resolve_preset
     ref, why = (cfg.reference_model, "set by the config") if cfg.reference_model else reference_model_for(loaded)
     try:
         ref_fmt = resolve_preset(ref).chat_format
     except UnknownModelError:   # a name only the caller knows: render as the evaluated model does
         ref_fmt = loaded.chat_format
-    chunk = cfg.data_chunk or rd.CHUNK
+    chunk = cfg.data_chunk or sg.CHUNK
     gen_ref = _generator(ref, loaded)
     common = dict(progress=progress, chat_format=ref_fmt, chunk=chunk)
 
@@ -269,28 +268,28 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
             e.category = ""
         return e
 
-    harmful = rd.harmful_prune_set(gen_ref, n=cfg.n_pool, **common)
+    harmful = sg.harmful_prune_set(gen_ref, n=cfg.n_pool, **common)
     harmful_kept = [categorised(e) for e in harmful if long_enough(e)]
-    benign = rd.benign_preserve_set(gen_ref, n=cfg.n_pool, **common)
-    control = rd.trivia_control_set(gen_ref, n=cfg.n_pool, **common)
+    benign = sg.benign_preserve_set(gen_ref, n=cfg.n_pool, **common)
+    control = sg.trivia_control_set(gen_ref, n=cfg.n_pool, **common)
 
     # the evaluated model's own refusals, walking the same prompts in the same chunks as the prune set,
     # so the reference's answers are reused when it is the same model
     need = cfg.n_refusals
-    own = rd.harmful_prune_set(_generator(loaded.name, loaded), n=None, progress=progress,
+    own = sg.harmful_prune_set(_generator(loaded.name, loaded), n=None, progress=progress,
                                chat_format=loaded.chat_format, chunk=chunk, max_prompts=cfg.refusal_prompts,
                                stop=lambda kept, refused: len(refused) >= need)
     refusals = list(own.filtered)
     n_answered = len(own) + len(refusals)
 
-    gen_cfg = rd.SELF_GEN_CONFIG
+    gen_cfg = sg.SELF_GEN_CONFIG
     test_prompts = first_per_group(rd.load_donotanswer(split="test"), 2 * sizes.n_eval + 2, "task-test")
-    test_gen = rd.self_generate(gen_ref, test_prompts, gen_config=gen_cfg, chat_format=ref_fmt,
+    test_gen = sg.self_generate(gen_ref, test_prompts, gen_config=gen_cfg, chat_format=ref_fmt,
                                 cache_key="task-harmful-test", progress=progress)
     test_long = [e for e in test_gen if long_enough(e)]
     test_harmful = first_per_group(test_long, sizes.n_eval, "task-test")
     test_b_prompts = first_per_group(rd.load_benign_instructions(split="test"), sizes.benign + 1, "task-test")
-    test_b_gen = rd.self_generate(gen_ref, test_b_prompts, gen_config=gen_cfg, chat_format=ref_fmt,
+    test_b_gen = sg.self_generate(gen_ref, test_b_prompts, gen_config=gen_cfg, chat_format=ref_fmt,
                                   cache_key="task-benign-test", progress=progress)
     test_benign = first_per_group(list(test_b_gen), sizes.benign, "task-test")
     trivia = first_per_group(rd.load_trivia(split="test"), 10**6, "task-test")

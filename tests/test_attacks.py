@@ -13,20 +13,10 @@ from replication.attacks import (ATTACKS, PREFILL_TOKENS, attacked, check_attack
                                  prefills_for, refusal_ablation, uses_prefill, uses_refusal_ablation)
 from replication.data import Example
 from replication.generation import GenerationConfig, generate, render_prompt
-from tiny_models import tiny_examples, tiny_llama, tiny_tokenizer
+from tiny_models import tiny_examples, tiny_llama
 
 # A reference whose 10th token ends inside a word ("par" of "paris"): the cut is by tokens, not words.
 REFERENCE = "Flour yeast the france poem paris is the capital sure here is how step one"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama(seed=0)
 
 
 def ids(tok, text):

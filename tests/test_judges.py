@@ -14,16 +14,10 @@ from replication.judges import (JUDGES, REFUSAL_KEYWORDS, STRONGREJECT_MODEL, Ju
                                 expected_score, get_judge, is_keyword_overrefusal, is_keyword_refusal,
                                 load_strongreject, sequence_nll, strongreject_prompt, word_count)
 from tiny_models import tiny_llama as _tiny_llama
-from tiny_models import tiny_tokenizer
 
 
 def tiny_llama(tokenizer, seed: int = 0):
     return _tiny_llama(len(tokenizer), seed=seed)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
 
 
 def ex(prompt="How do I build the device?", response="", kind="harmful", category="weapons"):

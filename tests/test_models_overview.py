@@ -67,7 +67,7 @@ def test_real_behaviour_applies_the_papers_two_refusal_rules(monkeypatch):
     answer is not an over-refusal)."""
     from types import SimpleNamespace
 
-    from replication import real_data
+    from replication import self_generated
     from replication.data import Example
     from replication.experiments.models_overview import keyword_behaviour
 
@@ -82,10 +82,10 @@ def test_real_behaviour_applies_the_papers_two_refusal_rules(monkeypatch):
         return outputs[kind][:len(prompts)]
 
     def fake_self_generate(name, examples, **kw):
-        return real_data.SelfGenerated([Example(e.prompt, "Sure, here is how") for e in examples], [], {}, None)
+        return self_generated.SelfGenerated([Example(e.prompt, "Sure, here is how") for e in examples], [], {}, None)
 
     monkeypatch.setattr("replication.measure.generate", fake_generate)
-    monkeypatch.setattr(real_data, "self_generate", fake_self_generate)
+    monkeypatch.setattr(self_generated, "self_generate", fake_self_generate)
     monkeypatch.setattr("replication.measure.prefill_for", lambda tok, ex, n: "Sure, ")
     loaded = SimpleNamespace(name="fake", model=None, tokenizer=None, chat_format="chat",
                              preset=SimpleNamespace(gen_batch_size=2, score_batch_size=2))

@@ -21,7 +21,7 @@ from replication.pruning import (
     wei_set_difference,
 )
 from replication.scoring import Scores, compute_scores, decoder_linears, model_fingerprint
-from tiny_models import tiny_examples, tiny_llama, tiny_tokenizer
+from tiny_models import tiny_llama
 
 SHAPES = {"m.layers.0.a": (12, 36), "m.layers.0.b": (99, 36), "m.layers.1.a": (12, 36), "m.layers.1.b": (36, 99)}
 
@@ -52,18 +52,8 @@ def tied_scores(seed: int, fingerprint: str = "fp") -> Scores:
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama()
-
-
-@pytest.fixture(scope="module")
-def data():
-    return tiny_examples(4, kind="harmful", seed=11), tiny_examples(4, kind="benign", seed=12)
+def data(harmful_examples, benign_examples):
+    return harmful_examples, benign_examples
 
 
 @pytest.fixture(scope="module")

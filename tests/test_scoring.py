@@ -27,16 +27,6 @@ from tiny_models import tiny_examples, tiny_llama, tiny_tokenizer
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_llama()
-
-
 def reference_encode(tok, ex: Example, role: str, fmt: str, skip: int) -> tuple[list[int], list[int]]:
     """The issue's rule, written out independently of the implementation."""
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731

@@ -92,7 +92,7 @@ class CompactnessConfig:
     forward_only_arms: list[str] = field(default_factory=list)  # arms evaluated without generation
     min_refusals: int = 16                 # fewer of the model's own refusals: refusal ablation is skipped (recorded)
     refusal_prompts: int = 256             # harmful train prompts searched for the model's own refusals
-    data_chunk: int | None = None          # prompts per self-generation cache file (None: real_data.CHUNK)
+    data_chunk: int | None = None          # prompts per self-generation cache file (None: self_generated.CHUNK)
     reference_model: str | None = None     # whose answers are the data (None: `reference_model_for`)
 
     @classmethod

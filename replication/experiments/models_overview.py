@@ -126,7 +126,7 @@ def keyword_behaviour(loaded: LoadedModel, harmful: Sequence[Example], benign: S
     than 20 words; benign over-refusal: a keyword *and* <= 50 words), and refusal under a 10-token
     prefill taken from the reference model's own compliant answer (the prefilling attack)."""
     from ..judges import OVERREFUSAL_MAX_WORDS, REFUSAL_MIN_WORDS, is_keyword_refusal
-    from ..real_data import self_generate
+    from ..self_generated import self_generate
     harmful, benign = list(harmful)[:n], list(benign)[:n]
     if not harmful or not benign:
         raise ValueError("keyword_behaviour needs held-out harmful and benign prompts; check the data loaders")

@@ -17,6 +17,7 @@ def nll_profile(model, tokenizer, examples: Sequence[Example], fmt: str = "raw",
     """Mean NLL (nats) at each of the first `max_positions` response tokens, over `examples`.
 
     Tokenised exactly as the harmful (prune) side of the scores (`scoring.tokenize_example`)."""
+    from ..batching import collate
     from ..scoring import tokenize_example
     sums = torch.zeros(max_positions, dtype=torch.float64)
     counts = torch.zeros(max_positions, dtype=torch.float64)
@@ -25,13 +26,8 @@ def nll_profile(model, tokenizer, examples: Sequence[Example], fmt: str = "raw",
     pad = tokenizer.pad_token_id or 0
     for s in range(0, len(encoded), batch_size):
         chunk = encoded[s:s + batch_size]
-        T = max(len(a) for a, _ in chunk)
-        ids = torch.full((len(chunk), T), pad, dtype=torch.long)
-        att = torch.zeros((len(chunk), T), dtype=torch.long)
-        for r, (a, _) in enumerate(chunk):
-            ids[r, :len(a)] = torch.tensor(a)
-            att[r, :len(a)] = 1
-        logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.float(), -1).cpu()
+        batch = collate(chunk, pad, device)
+        logp = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float(), -1).cpu()
         for r, (a, lab) in enumerate(chunk):
             start = next(i for i, t in enumerate(lab) if t != -100)
             for k in range(min(max_positions, len(a) - start)):

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..batching import collate
 from ..progress import progress_bar
 from .tokenizer import ASSISTANT, END, USER, train_tokenizer
 from .world import World
@@ -92,16 +93,7 @@ def encode_batch(tokenizer, items: list[Item], max_len: int) -> dict[str, torch.
         ids = (c + t)[:max_len]
         lab = ([-100] * len(c) + t)[:max_len]
         rows.append((ids, lab))
-    T = max(len(i) for i, _ in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.full((len(rows), T), pad, dtype=torch.long)
-    lab = torch.full((len(rows), T), -100, dtype=torch.long)
-    att = torch.zeros((len(rows), T), dtype=torch.long)
-    for r, (i, l) in enumerate(rows):
-        ids[r, :len(i)] = torch.tensor(i)
-        lab[r, :len(l)] = torch.tensor(l)
-        att[r, :len(i)] = 1
-    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+    return collate(rows, tokenizer.pad_token_id)
 
 
 def length_buckets(tokenizer, items: list[Item], max_len: int, max_tokens: int = 1536) -> list[dict[str, torch.Tensor]]:

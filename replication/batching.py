@@ -1,0 +1,57 @@
+"""Right-padded batches of (input_ids, labels) rows and the response-only loss on them.
+
+Every place that trains or scores a causal LM on "prompt masked, response labelled" rows (the
+fine-tunes, the organism's training, importance scoring, the judges' NLL, the organism's NLL
+profile, the SmolLM2 safety SFT) pads the same way: right padding, so that a row's real tokens sit
+at the same positions as when it is run alone (a causal model's outputs there do not depend on the
+padding), labels -100 on padding, attention mask 1 on real tokens. One `collate` keeps them all
+padding identically; what differs between callers (how the loss is reduced, how rows are grouped
+into batches) stays with the caller.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+#: The label that `torch.nn.functional.cross_entropy` (and Hugging Face's loss) ignores.
+IGNORE = -100
+
+Row = tuple[Sequence[int], Sequence[int]]   # (input_ids, labels aligned with them, IGNORE where unscored)
+
+
+def collate(rows: Sequence[Row], pad_id: int, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad `rows` to the longest one: `input_ids` (padded with `pad_id`), `labels` (padded with
+    -100) and `attention_mask` (1 on real tokens), as long tensors on `device` (None: CPU).
+
+    A row's labels may be shorter than its input_ids (the rest count as -100)."""
+    if not rows:
+        raise ValueError("collate needs at least one row")
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[r, :len(lab)] = torch.tensor(lab, dtype=torch.long)
+        attention_mask[r, :len(ids)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if device is not None:
+        batch = {k: v.to(device) for k, v in batch.items()}
+    return batch
+
+
+def response_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean next-token NLL over the labelled positions of the batch (labels == -100 ignored), with the
+    vocabulary projection computed only there.
+
+    The same number as `model(..., labels=labels).loss` of a Hugging Face causal LM (Hugging Face's
+    label shift, one mean over every labelled token of the batch), without the (batch x length x
+    vocabulary) logits of the prompt positions: on SmolLM2 the tied vocabulary projection is a fifth
+    of the model. A peft-wrapped model is unwrapped to its base model (the adapters stay active)."""
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    logits = lm.lm_head(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), target[keep])
