@@ -2,9 +2,9 @@
 
 Compactness, generality and compression all score e.g. `organism-aligned` on the same seeded
 calibration samples; within one `make book` the scores are computed once. The key covers
-everything the numbers depend on: a digest of *all* the model's weights (a pruned or fine-tuned
-copy scores differently, so `scoring.model_fingerprint`, which ignores decoder weights on purpose,
-is not enough), the examples' text, the score settings and the scoring code itself. Entries are
+everything the numbers depend on: `scoring.weights_digest` of the model state (a pruned or
+fine-tuned copy scores differently, so `scoring.model_fingerprint`, which ignores decoder weights on
+purpose, is not enough), the examples' text, the score settings and the scoring code itself. Entries are
 one safetensors file (tensors) plus a JSON sidecar (meta, fingerprint, probe), each written
 atomically; delete `cache_dir()/scores` at any time.
 """
@@ -17,24 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from .data import Example
 from .paths import PACKAGE_DIR, atomic_write_json, cache_dir
-from .scoring import Scores, compute_scores
+from .scoring import Scores, compute_scores, weights_digest
 
 #: bump to invalidate every cached score (e.g. a format change)
 CACHE_VERSION = 1
-
-
-def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of every parameter's values (exact, not sampled): the identity of a model state."""
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            h.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
-            h.update(p.detach().to("cpu").contiguous().view(torch.uint8).reshape(-1).numpy().tobytes())
-    return h.hexdigest()[:24]
 
 
 def examples_digest(examples: Sequence[Example]) -> str:

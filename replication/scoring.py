@@ -150,6 +150,23 @@ def model_fingerprint(model: nn.Module) -> str:
 
 
 #: How many values of each decoder Linear weight `weight_probe` samples.
+def weights_digest(model) -> str:
+    """A cheap digest of a model state (a strided sample and the sum of every parameter): the key of
+    caches of what a model computes (its generations, its importance scores), which must never be
+    reused for a changed (pruned, fine-tuned) copy.
+
+    Not `model_fingerprint`, which identifies the model a mask was made for and deliberately leaves
+    out the weights a prune zeroes; this one changes whenever any weight does."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            flat = p.detach().reshape(-1)
+            h.update(name.encode())
+            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
+            h.update(str(float(flat.double().sum())).encode())
+    return h.hexdigest()[:16]
+
+
 PROBE_SIZE = 32
 
 

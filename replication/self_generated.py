@@ -23,6 +23,7 @@ from .data import Example, stable_hash
 from .generation import GenerationConfig
 from .models import cache_identity, load_model
 from .real_data import load_benign_instructions, load_harmful, load_trivia
+from .scoring import weights_digest
 
 # Refusal openers (after Zou et al. 2023's GCG list); matched case-insensitively near the start only,
 # so an answer that merely mentions "I cannot" later on is not counted. A deliberately simple check:
@@ -65,26 +66,6 @@ class SelfGenerated(list):
     @property
     def n_filtered(self) -> int:
         return len(self.filtered)
-
-
-def weights_digest(model) -> str:
-    """A cheap digest of a model's weights (a strided sample of every parameter), so a cache of
-    generations made by an in-memory model is never reused for a changed (e.g. pruned) one.
-
-    Not `scoring.model_fingerprint`, which identifies the model a mask was scored on (and leaves out
-    weights a prune zeroes); this one only has to change whenever any weight does."""
-    import hashlib
-
-    import torch
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            flat = p.detach().reshape(-1)
-            h.update(name.encode())
-            h.update(flat[:: max(1, flat.numel() // 4096)].float().cpu().numpy().tobytes())
-            h.update(str(float(flat.double().sum())).encode())
-    return h.hexdigest()[:16]
 
 
 def _resolve_model(model_name_or_loaded) -> tuple[Any, Any, str]:

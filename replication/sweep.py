@@ -15,8 +15,8 @@ from typing import Any, Iterator, Sequence
 from .data import Example
 from .measure import Evaluator, State
 from .pruning import Mask, applied, matched_count_mask, select_weights
-from .score_cache import cached_scores, weights_digest
-from .scoring import Scores
+from .score_cache import cached_scores
+from .scoring import Scores, weights_digest
 
 
 @contextmanager

@@ -24,6 +24,7 @@ from . import self_generated as sg
 from .data import Example, stable_hash
 from .judges import Judge, StrongRejectJudge, get_judge
 from .models import PRESETS, UnknownModelError, resolve_preset
+from .organism import OrganismConfig, get_world
 
 #: Real harmful answers shorter than this (tokens) are dropped: the 10-token prefill must leave a
 #: continuation to score, and the skip-10 ablation needs tokens past the first 10.
@@ -140,7 +141,6 @@ def extended_test_set(world, kind: str, category: str, n: int) -> list[Example]:
 
 def organism_task_data(model: str, scale: str, sizes: EvalSizes) -> TaskData:
     """The organism's world: fixed train pools, per-category test sets of the requested sizes."""
-    from .organism import OrganismConfig, get_world
     return world_task_data(get_world(OrganismConfig.smoke() if scale == "smoke" else OrganismConfig.full()), model, sizes)
 
 

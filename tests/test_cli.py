@@ -1,7 +1,6 @@
 """The runner and CLI: one-line errors with a non-zero exit, parameter parsing, caching, summary page."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path

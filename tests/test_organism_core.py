@@ -6,7 +6,6 @@ import random
 import pytest
 import torch
 
-from replication.data import Example
 from replication.organism import OrganismConfig, checkpoint_dir, get_world
 from replication.organism.judge import OrganismJudge
 from replication.organism.train import build_model, chat_prefix, encode_batch, make_tokenizer, train_stage, StageConfig
