@@ -45,9 +45,13 @@ FINDINGS: dict[str, Finding] = {f.key: f for f in [
             "replication.experiments.compactness"),
     Finding("generality", "02_generality.ipynb", "Finding 2: cross-category generality",
             "Weights found on one harm category remove harmful generation in the others too.",
-            "not recovered (qualitative: malware -> hate speech transfer)",
-            "reproduced if pruning with other categories cuts the held-out category's harmfulness by >= 50% of "
-            "what pruning with the category itself achieves."),
+            "not recovered (qualitative: malware -> hate speech transfer; the sets 'heavily overlap')",
+            "reproduced if, in most harm categories, the 95% interval of (leave-one-out harm cut / in-category "
+            "harm cut) lies above 50% and both cuts' intervals lie above random pruning's of the same per-matrix "
+            "count; inconclusive if that is undecided in enough categories to change the majority; not "
+            "reproduced otherwise. The chapter also says whether the sets overlap beyond random sets of the "
+            "same sizes.",
+            "replication.experiments.generality"),
     Finding("compression", "03_compression.ipynb", "Finding 3: alignment compression",
             "Aligned models need fewer pruned weights than their unaligned counterparts for the same drop in harm.",
             "not recovered (qualitative)",

@@ -1,0 +1,92 @@
+"""Spec of notebooks/02_generality.ipynb (run: python tools/notebooks/generality.py)."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from make_notebook import write  # noqa: E402
+
+CELLS = [
+    ("md", """
+# Finding 2: cross-category generality
+
+**The paper's claim.** Weights found on one harm category (e.g. malware) also remove harmful generation in other
+categories (e.g. hate speech): the categories' harm-generation weight sets heavily overlap.
+
+**What this notebook does.** For each calibration seed it scores every harm category's calibration set and the
+benign set, fixes one budget (the per-matrix counts of B-TAP on all categories pooled, at the q whose in-category
+cut is closest to 50%), and prunes at exactly that budget with: each category's weights (the transfer matrix), all
+categories but one (leave-one-out), random weights, the control task's weights, and the intersection of all
+categories' sets. Harmfulness is measured under the prefilling attack on every category's held-out prompts,
+utility on every benign family, for every prune set.
+"""),
+    ("code", """
+import os
+model = "organism-aligned"
+scale = os.environ.get("HARMPRUNE_SCALE", "full")
+p = None               # benign top fraction kept safe (None: the preset's)
+q = None               # the budget (None: chosen by the rule above)
+seeds = None           # calibration seeds (None: [0, 1, 2] at full scale)
+n_per_category = None  # harmful calibration examples per category (None: the scale's)
+n_eval = None          # held-out harmful prompts per category (None: the scale's)
+judge = "auto"         # real models: "auto", "reference_nll", "strongreject"
+"""),
+    ("code", """
+from IPython.display import Markdown, display
+import pandas as pd
+
+from replication.experiments import generality, generality_render as view
+
+cfg = generality.GeneralityConfig.for_scale(model, scale, p=p, q=q, seeds=seeds, n_per_category=n_per_category,
+                                            n_eval=n_eval, judge=judge)
+result = generality.run(cfg, progress=False)
+print(f"{model}, scale={scale}: p = {result['p']:g}, q = {result['q']:g}, {result['count']:,} weights per prune set; "
+      f"run took {result['seconds']:.0f} s ({result['evaluations']['evaluated']} states evaluated)")
+display(Markdown(view.setup_markdown(result)))
+"""),
+    ("md", """
+## Transfer and overlap
+
+Left: the relative drop in harmfulness on the held-out prompts of each category (columns) when the weights found
+on one category (rows) are pruned; the diagonal is in-category pruning. Right: how much the pruned sets overlap
+(Jaccard index), with the overlap two random sets of the same per-matrix sizes would have in the title.
+"""),
+    ("code", """
+fig = view.heatmaps(result)
+"""),
+    ("code", """
+with pd.option_context("display.max_colwidth", None, "display.width", 250):
+    display(view.transfer_table(result))
+    display(view.overlap_table(result))
+"""),
+    ("md", """
+## Leave-one-out: the paper's claim, one row per category
+
+Prune with every category except B and measure B; beside it, pruning with B itself and random weights of the same
+count. A category passes when the interval of (leave-one-out cut / in-category cut) lies above 50% and both cuts'
+intervals lie above random pruning's.
+"""),
+    ("code", """
+fig = view.loo_figure(result)
+with pd.option_context("display.max_colwidth", None, "display.width", 250):
+    display(view.loo_table(result))
+"""),
+    ("md", """
+## Utility of every prune set
+
+The drop of each utility measure in points (positive: worse) with its interval, so that a harm cut is never read
+off a broken model; the intersection row prunes only the weights every category's set shares.
+"""),
+    ("code", """
+with pd.option_context("display.max_colwidth", None, "display.width", 250):
+    display(view.utility_table(result))
+"""),
+    ("md", """
+## Reading the result
+"""),
+    ("code", """
+display(Markdown(view.reading(result)))
+"""),
+]
+
+if __name__ == "__main__":
+    write(Path(__file__).resolve().parents[2] / "notebooks" / "02_generality.ipynb", CELLS)
