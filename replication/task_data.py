@@ -69,6 +69,8 @@ class TaskData:
     test_detection: list[Example] = field(default_factory=list)
     test_explanation: list[Example] = field(default_factory=list)
     test_trivia: list[Example] = field(default_factory=list)   # real: QA items (meta["answers"])
+    detection_pool: list[Example] = field(default_factory=list)    # organism: yes/no detection answers (train split)
+    explanation_pool: list[Example] = field(default_factory=list)  # organism: explanations of harm (train split)
     world: Any = None                                          # organism: its World (EM material, exact judge)
     info: dict[str, Any] = field(default_factory=dict)         # where the data came from, what was dropped
 
@@ -112,7 +114,8 @@ class TaskData:
     def counts(self) -> dict[str, int]:
         return {k: len(getattr(self, k)) for k in ("harmful_pool", "benign_pool", "control_pool", "refusal_pool",
                                                     "test_harmful", "test_benign", "test_detection",
-                                                    "test_explanation", "test_trivia")}
+                                                    "test_explanation", "test_trivia", "detection_pool",
+                                                    "explanation_pool")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -172,6 +175,7 @@ def world_task_data(world, model: str, sizes: EvalSizes) -> TaskData:
         test_benign=per("benign", world.benign_families, sizes.benign),
         test_detection=test_det,
         test_explanation=per("explanation", world.harm_categories, sizes.n_explanation),
+        detection_pool=world.examples("detection", "train"), explanation_pool=world.examples("explanation", "train"),
         harm_judge=get_judge("organism", world=world), world=world,
         info={"source": "organism world", "world_seed": world.seed, "personas": world.personas,
               "test_pool_per_category": world.sizes["test"],
@@ -322,6 +326,8 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
         "test_trivia": len(test_trivia), "judge_requested": cfg.judge, "judge": judge_name,
         "missing": {"test_detection": "no offline detection prompts with true counterfactuals for real models",
                     "test_explanation": "no offline explanation prompts for real models",
+                    "detection_pool": "no offline detection prompts with true counterfactuals for real models",
+                    "explanation_pool": "no offline explanation prompts for real models",
                     "refusal_pool": f"{loaded.name} refused none of the {n_answered} harmful train prompts searched"},
     }
     return TaskData(model=loaded.name, kind="real", categories=tuple(rd.DONOTANSWER_CATEGORIES),

@@ -105,17 +105,21 @@ def _sum_scores(parts: list[Scores]) -> Scores:
     return out
 
 
-def random_jaccard(counts: dict[str, int], shapes: dict[str, tuple[int, ...]]) -> float:
+def random_jaccard(counts: dict[str, int], shapes: dict[str, tuple[int, ...]],
+                   other: dict[str, int] | None = None) -> float:
     """The expected Jaccard index of two independent uniform random sets with these per-matrix sizes
-    (ratio of the expected intersection to the expected union, summed over matrices)."""
+    (`other`: the second set's, when they differ): the expected intersection over the expected union,
+    summed over matrices."""
+    other = counts if other is None else other
     inter = union = 0.0
-    for name, k in counts.items():
+    for name in set(counts) | set(other):
         n = float(np.prod(shapes[name]))
-        if n == 0 or k == 0:
+        k1, k2 = counts.get(name, 0), other.get(name, 0)
+        if n == 0:
             continue
-        e = k * k / n
+        e = k1 * k2 / n
         inter += e
-        union += 2 * k - e
+        union += k1 + k2 - e
     return inter / union if union else 0.0
 
 
