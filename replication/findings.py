@@ -32,8 +32,10 @@ FINDINGS: dict[str, Finding] = {f.key: f for f in [
     Finding("models", "00_models.ipynb", "The models",
             "(not a finding) the models we run and how they behave before pruning", "-", "-"),
     Finding("compactness", "01_compactness.ipynb", "Finding 1: compactness",
-            "Pruning a tiny set of weights (~0.0005% of parameters) collapses harmful generation while benign ability stays.",
-            "~0.0005% of parameters (about 40,000 weights of Llama-3.1-8B)",
+            "Pruning a tiny set of weights (0.0005-0.001% of parameters) makes harmful generation drop substantially "
+            "while benign ability stays largely intact.",
+            "0.0005-0.001% of parameters (p = 5e-5, q = 1e-5 on 8B models; ~40,000 weights of Llama-3.1-8B is our "
+            "arithmetic, not the paper's number)",
             "reproduced if at some swept fraction the 95% interval of the harm cut (under the prefilling attack; "
             "the organism's exact judge, or on real models StrongREJECT when available and else the judge-free "
             "exp(-NLL) of held-out harmful reference continuations) lies above 80% and the 95% interval of every "

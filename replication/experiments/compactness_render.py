@@ -120,10 +120,11 @@ def headline_rows(result: dict[str, Any]) -> dict[str, str]:
                      "weights zeroed": f"{head['smallest_count']:,}", "q": f"{head['q']:g}",
                      "random pruning of the same count, harmfulness": f"{head['random_harm_at_same_count']:.3f}",
                      "fraction / paper's 0.0005%": f"{head['fraction_vs_paper']:.0f}x",
-                     "count / paper's ~40,000": f"{head['count_vs_paper']:.3g}x"})
+                     "count / ~40,000 (our arithmetic for the paper's setting)": f"{head['count_vs_paper']:.3g}x"})
     else:
         rows["smallest fraction meeting it"] = "none in the sweep"
-    rows["paper"] = f"~{PAPER['fraction']:.4%} of {PAPER['model']} ({PAPER['count']:,} of {PAPER['total_parameters']:,})"
+    rows["paper"] = (f"0.0005-0.001% of parameters on 7-32B models (p = {PAPER['p']:g}, q = {PAPER['q']:g}); at "
+                     f"{PAPER['fraction']:.4%} of {PAPER['model']} that is ~{PAPER['count']:,} weights (our arithmetic)")
     masks = result.get("masks") or {}
     if masks:
         rows["masks saved"] = ", ".join(f"`{m['path']}`" for m in masks.values())

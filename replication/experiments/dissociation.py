@@ -21,8 +21,8 @@ larger swept q. A random mask of generation's count at q* is the baseline.
 
 The organism has all four capabilities and its exact judge grades each. Real models offline have
 no detection or explanation prompts with true counterfactuals: those capabilities are reported as
-not available, never dropped. Organism, full scale: 200 calibration examples per capability and
-400 benign, 40 held-out harmful prompts per category (200), 100 benign per family, 200 detection
+not available, never dropped. Organism, full scale: 400 calibration examples per capability and
+400 benign (the generation and benign samples are compactness's, so their scores come from the cache), 40 held-out harmful prompts per category (200), 100 benign per family, 200 detection
 and 10 explanation prompts per category; 3 seeds x 2 budgets x 5 masks (~10 minutes on 2 cores).
 """
 from __future__ import annotations
@@ -63,7 +63,7 @@ class DissociationConfig:
     p: float | None = None
     qs: list[float] | None = None          # the swept budgets (None: compactness's q range)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    n_calibration: int = 200               # prune examples per capability
+    n_calibration: int = 400               # prune examples per capability (compactness's size: its scores are reused)
     n_benign: int = 400
     n_eval: int = 40
     n_eval_benign: int | None = 100

@@ -22,7 +22,7 @@ overlap". Per calibration seed, on the shared layer:
   utility, beside random weights of the same count.
 
 Utility is measured for every prune set. Organism, full scale: 100 calibration examples per
-category (500 pooled) and 400 benign; 40 held-out harmful prompts per category and 100 benign per
+category (500 pooled) and 400 benign (compactness's benign sample: its scores come from the cache); 40 held-out harmful prompts per category and 100 benign per
 family; 3 seeds: 16 states per seed plus the budget search (~15 minutes on 2 cores).
 """
 from __future__ import annotations
