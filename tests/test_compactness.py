@@ -81,6 +81,18 @@ def test_baselines_prune_the_same_count_as_btap(result):
     assert len(result["summary"]) == len(ARMS) * len(result["qs"])
 
 
+def test_light_arms_are_measured_on_harm_alone_and_random_still_fails_on_harm():
+    cfg = CompactnessConfig.for_scale("organism-aligned", "smoke", qs=[0.05], seeds=[0], ablations=False,
+                                      light_arms=["random", "control"])
+    res = run(cfg, write=False, progress=False)
+    for r in res["runs"]:
+        assert ("utility:arithmetic" in r["values"]) == (r["arm"] == "btap")
+    assert res["harm_only_arms"] == ["control", "random"]
+    row = {"harm_prefill_cut_lo": 0.0, "harm_prefill_cut_hi": 0.1}
+    assert classify(row, ["utility:a"]) == "fails"            # decided by harm alone
+    assert classify({"harm_prefill_cut_lo": 0.9, "harm_prefill_cut_hi": 1.0}, ["utility:a"]) == "undecided"
+
+
 def test_headline_masks_are_saved_beside_the_results(tmp_path, monkeypatch):
     monkeypatch.setenv("HARMPRUNE_RESULTS", str(tmp_path))
     cfg = CompactnessConfig.for_scale("organism-aligned", "smoke", qs=[0.05], seeds=[0], ablations=False)
@@ -335,7 +347,8 @@ def test_real_scale_sizes_and_reference_models():
     smoke = CompactnessConfig.for_scale("smollm2-135m-instruct", "smoke")
     assert smoke.n_calibration < full.n_calibration and smoke.data_chunk
     org = CompactnessConfig.for_scale("organism-aligned", "full")
-    assert org.n_calibration == 400 and org.forward_only_arms == [] and org.n_eval_benign == 100
+    assert org.n_calibration == 400 and org.forward_only_arms == [] and org.n_eval_benign == 50
+    assert "btap" not in org.light_arms and "random" in org.light_arms
     ref = lambda name: reference_model_for(LoadedModel(name, None, None, PRESETS[name]))[0]  # noqa: E731
     assert ref("smollm2-135m-instruct-safety") == "smollm2-135m-instruct"
     assert ref("smollm2-135m-instruct") == "smollm2-135m-instruct"

@@ -22,7 +22,7 @@ larger swept q. A random mask of generation's count at q* is the baseline.
 The organism has all four capabilities and its exact judge grades each. Real models offline have
 no detection or explanation prompts with true counterfactuals: those capabilities are reported as
 not available, never dropped. Organism, full scale: 400 calibration examples per capability and
-400 benign (the generation and benign samples are compactness's, so their scores come from the cache), 40 held-out harmful prompts per category (200), 100 benign per family, 200 detection
+400 benign (the generation and benign samples are compactness's, so their scores come from the cache), 25 held-out harmful prompts per category (125), 50 benign per family, 125 detection
 and 10 explanation prompts per category; 3 seeds x 2 budgets x 5 masks (~10 minutes on 2 cores).
 """
 from __future__ import annotations
@@ -65,9 +65,9 @@ class DissociationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_calibration: int = 400               # prune examples per capability (compactness's size: its scores are reused)
     n_benign: int = 400
-    n_eval: int = 40
-    n_eval_benign: int | None = 100
-    n_detection: int | None = 200
+    n_eval: int = 25
+    n_eval_benign: int | None = 50
+    n_detection: int | None = 125
     n_explanation: int = 10
     max_new_tokens: int = ORGANISM_MAX_NEW_TOKENS
     score_batch_size: int | None = None

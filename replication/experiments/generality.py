@@ -22,7 +22,7 @@ overlap". Per calibration seed, on the shared layer:
   utility, beside random weights of the same count.
 
 Utility is measured for every prune set. Organism, full scale: 100 calibration examples per
-category (500 pooled) and 400 benign (compactness's benign sample: its scores come from the cache); 40 held-out harmful prompts per category and 100 benign per
+category (500 pooled) and 400 benign (compactness's benign sample: its scores come from the cache); 25 held-out harmful prompts per category and 50 benign per
 family; 3 seeds: 16 states per seed plus the budget search (~15 minutes on 2 cores).
 """
 from __future__ import annotations
@@ -65,8 +65,8 @@ class GeneralityConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     n_per_category: int = 100              # harmful calibration examples per category
     n_benign: int = 400                    # benign (preserve) calibration examples
-    n_eval: int = 40                       # held-out harmful prompts per category
-    n_eval_benign: int | None = 100        # held-out benign prompts per family
+    n_eval: int = 25                       # held-out harmful prompts per category
+    n_eval_benign: int | None = 50        # held-out benign prompts per family
     max_new_tokens: int = ORGANISM_MAX_NEW_TOKENS
     score_batch_size: int | None = None
     # ---- real models only
