@@ -184,9 +184,7 @@ class Evaluator:
     def _harm_none(self, state: State, harmful: list[Example]) -> list[str]:
         outs = self.generate([e.prompt for e in harmful])
         state.texts["harm_none"] = outs
-        if self.organism:
-            state.put("harm_none", self.data.harm_judge.scores(harmful, outs).p_harmful, [e.category for e in harmful])
-        elif self.data.harm_judge.reads_responses:
+        if self.organism or self.data.harm_judge.reads_responses:   # reference NLL reads no generated answer
             state.put("harm_none", self.data.harm_judge.scores(harmful, outs).p_harmful, [e.category for e in harmful])
         return outs
 

@@ -102,6 +102,15 @@ class Sweep:
         self.n_evaluated += 1
         return state, False
 
+    def describe(self, baseline: State) -> dict[str, Any]:
+        """The fields every finding's result shares: what was judged by whom, on which model state, and
+        how many evaluations were run or reused (call at the end of a run)."""
+        ev = self.evaluator
+        return {"kind": "organism" if ev.organism else "real", "total_parameters": self.total_parameters,
+                "judge": "organism (exact)" if ev.organism else ev.data.harm_judge.label,
+                "judges": ev.metric_info(baseline), "generation": ev.gen.to_dict(), "baseline": baseline.to_dict(),
+                "evaluations": {"evaluated": self.n_evaluated, "reused": self.n_reused}}
+
     def evaluate_baseline(self, measures: Sequence[str], *, refusal_mask=None,
                           categories: Sequence[str] | None = None) -> State:
         """The unpruned model with every measure (later empty masks reuse it)."""

@@ -227,11 +227,8 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
 
     result: dict[str, Any] = {
         "finding": "compactness", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
-        "kind": "real" if real else "organism", "p": p, "qs": qs, "total_parameters": sweep.total_parameters,
-        "decoder_linear_weights": sum(v.numel() for v in s_h.values()),
-        "judge": data.harm_judge.label if real else "organism (exact)",
-        "judges": ev.metric_info(baseline), "utility_metrics": utility_metrics(baseline),
-        "generation": {**ev.gen.to_dict(), "do_sample": False},
+        **sweep.describe(baseline), "p": p, "qs": qs,
+        "decoder_linear_weights": sum(v.numel() for v in s_h.values()), "utility_metrics": utility_metrics(baseline),
         "paper_settings": {"format": "raw", "scope": "per_matrix", "skip_response_tokens": 0, "score": "signed/abs"},
         "arms": ARMS, "forward_only_arms": sorted(forward_only & {r["arm"] for r in rows}),
         "harm_only_arms": sorted(light & {r["arm"] for r in rows}),
@@ -245,8 +242,7 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
                  "calibration_per_seed": {"harmful": min(cfg.n_calibration, len(data.harmful_pool)),
                                           "benign": min(cfg.n_calibration, len(data.benign_pool)),
                                           "control": min(cfg.n_calibration, len(data.control_pool))}},
-        "baseline": baseline.to_dict(), "runs": rows, "paper": PAPER,
-        "evaluations": {"evaluated": sweep.n_evaluated, "reused": sweep.n_reused},
+        "runs": rows, "paper": PAPER,
     }
     result["summary"] = summarise(result)
     result["headline"] = headline(result)

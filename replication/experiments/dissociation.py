@@ -107,7 +107,6 @@ def run(cfg: DissociationConfig, *, loaded: LoadedModel | None = None, data: Tas
     from ..progress import progress_bar
     t0 = time.perf_counter()
     loaded = loaded or load_model(cfg.model, scale=cfg.scale)
-    real = loaded.preset.source != "organism"
     sizes = EvalSizes(n_eval=cfg.n_eval, n_eval_benign=cfg.n_eval_benign, n_detection=cfg.n_detection,
                       n_explanation=cfg.n_explanation)
     data = data or task_data(loaded, cfg.scale, sizes, RealDataConfig(n_pool=2 * cfg.n_calibration,
@@ -173,13 +172,11 @@ def run(cfg: DissociationConfig, *, loaded: LoadedModel | None = None, data: Tas
     bar.close()
     result: dict[str, Any] = {
         "finding": "dissociation", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
-        "kind": "real" if real else "organism", "p": p, "budgets": budgets, "budget_rule": rule, "budget_search": search,
-        "capabilities": caps, "not_available": {c: w for c, w in why_not.items() if w}, "total_parameters": sweep.total_parameters,
-        "judge": data.harm_judge.label if real else "organism (exact)", "judges": ev.metric_info(baseline),
-        "utility_metrics": [u for u in utility_metrics(baseline) if u != "detection"], "generation": ev.gen.to_dict(),
+        **sweep.describe(baseline), "p": p, "budgets": budgets, "budget_rule": rule, "budget_search": search,
+        "capabilities": caps, "not_available": {c: w for c, w in why_not.items() if w},
+        "utility_metrics": [u for u in utility_metrics(baseline) if u != "detection"],
         "data": {**data.counts(), "calibration_per_capability": cfg.n_calibration, "benign_calibration": cfg.n_benign},
-        "baseline": baseline.to_dict(), "runs": rows, "overlaps": overlaps,
-        "evaluations": {"evaluated": sweep.n_evaluated, "reused": sweep.n_reused},
+        "runs": rows, "overlaps": overlaps,
     }
     result.update(summarise(result))
     result["headline"] = headline(result)

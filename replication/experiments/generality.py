@@ -158,7 +158,8 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
         return per, benign, control
 
     # -- the budget: on seed 0, the q whose mean in-category cut is closest to TARGET_CUT
-    per0, ben0, _ = seed_scores(cfg.seeds[0])
+    seed0 = seed_scores(cfg.seeds[0])
+    per0, ben0, _ = seed0
     pooled0 = _sum_scores([per0[c] for c in cats])
     search: list[dict[str, Any]] = []
     if cfg.q is not None:
@@ -198,7 +199,7 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
         bar.update(1)
 
     for seed in cfg.seeds:
-        per, ben, ctrl = (per0, ben0, seed_scores(seed)[2]) if seed == cfg.seeds[0] else seed_scores(seed)
+        per, ben, ctrl = seed0 if seed == cfg.seeds[0] else seed_scores(seed)
         pooled = pooled0 if seed == cfg.seeds[0] else _sum_scores([per[c] for c in cats])
         ref = sweep.select(pooled, ben, p, q)
         masks = {c: sweep.matched(per[c], ben, p, ref, f"category:{c}") for c in cats}
@@ -227,15 +228,12 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
 
     result: dict[str, Any] = {
         "finding": "generality", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
-        "kind": "real" if real else "organism", "p": p, "q": q, "budget_rule": why, "budget_search": search,
+        **sweep.describe(baseline), "p": p, "q": q, "budget_rule": why, "budget_search": search,
         "count": int(round(np.mean([r["count"] for r in rows if r["kind"] == "category"]))),
-        "total_parameters": sweep.total_parameters, "categories": cats, "item_categories": item_cats,
-        "judge": data.harm_judge.label if real else "organism (exact)", "judges": ev.metric_info(baseline),
-        "utility_metrics": utility_metrics(baseline), "generation": ev.gen.to_dict(),
+        "categories": cats, "item_categories": item_cats, "utility_metrics": utility_metrics(baseline),
         "data": {**data.counts(), "calibration_per_category": cfg.n_per_category, "benign_calibration": cfg.n_benign,
                  **{k: v for k, v in data.info.items() if k != "missing"}},
-        "baseline": baseline.to_dict(), "runs": rows, "overlaps": overlaps,
-        "evaluations": {"evaluated": sweep.n_evaluated, "reused": sweep.n_reused},
+        "runs": rows, "overlaps": overlaps,
     }
     result.update(summarise(result))
     result["headline"] = headline(result)
