@@ -25,6 +25,9 @@ from ..progress import report as report_progress   # `report` is the submodule o
 from .world import World
 
 ORGANISM_NAMES = ("organism-base", "organism-aligned")
+#: fractions of the alignment stage at which a checkpoint is kept besides its ends (base = 0, aligned = 1):
+#: the organism's own training-stage series (finding 3, the paper's OLMo-3 checkpoint sequence)
+ALIGN_SERIES = (0.1, 0.25, 0.5, 0.75)
 #: the organism's answer budget: long enough for every checkable answer the world writes (the longest,
 #: a units conversion counting 12 steps, reaches its answer by ~88 tokens, ~95 with its closer)
 MAX_NEW_TOKENS = 96
@@ -147,11 +150,19 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
                   ("instruct", StageConfig(config.instruct_steps, config.instruct_lr, config.instruct_mix, config.batch_size)),
                   ("align", StageConfig(config.align_steps, config.align_lr, config.align_mix, config.batch_size,
                                         warmup=min(50, config.align_steps // 5)))]
+        keep = {max(1, round(f * config.align_steps)): f for f in ALIGN_SERIES}
         for i, (stage_name, stage) in enumerate(stages, 1):
             report_progress(f"organism stage {i}/{len(stages)}: {stage_name}, {stage.steps} steps of {stage.batch_size}",
                             enabled=False)   # for the runner only; the bar shows it interactively
+            on_step = None
+            if stage_name == "align":
+                def on_step(n, keep=keep):
+                    if n in keep and n < config.align_steps:
+                        _save(model, tok, tmp / "stages" / _series_name(keep[n]))
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
-                                             desc=f"organism {stage_name}", progress=progress))
+                                             desc=f"organism {stage_name}", progress=progress, on_step=on_step))
+            if stage_name == "pretrain":
+                _save(model, tok, tmp / "stages" / "pretrained")
             if stage_name == "instruct":
                 _save(model, tok, tmp / "organism-base")
         _save(model, tok, tmp / "organism-aligned")
@@ -165,6 +176,30 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def _series_name(fraction: float) -> str:
+    return f"align-{round(100 * fraction):03d}"
+
+
+def stage_series(config: OrganismConfig | None = None, *, progress: bool = True) -> list[tuple[str, float | None, Path]]:
+    """The organism's checkpoints in training order as (label, alignment fraction, folder):
+    end of pretraining (no chat format yet, fraction None), base (0), the kept points through
+    alignment, aligned (1). Trains the organism on first use."""
+    config = config or OrganismConfig.full()
+    base = checkpoint_dir("organism-base", config, progress=progress)
+    root = base.parent
+    series: list[tuple[str, float | None, Path]] = [("pretrained", None, root / "stages" / "pretrained"),
+                                                    ("organism-base", 0.0, base)]
+    for f in ALIGN_SERIES:
+        if round(f * config.align_steps) < config.align_steps:
+            series.append((_series_name(f), f, root / "stages" / _series_name(f)))
+    series.append(("organism-aligned", 1.0, root / "organism-aligned"))
+    missing = [str(p) for _, _, p in series if not _complete(p)]
+    if missing:
+        raise FileNotFoundError(f"stage checkpoints missing ({', '.join(missing)}): the organism in {root} was "
+                                "trained before checkpoints were kept; delete that folder to retrain it")
+    return series
 
 
 def _save(model, tokenizer, folder: Path) -> None:
@@ -181,5 +216,5 @@ def training_log(config: OrganismConfig | None = None) -> dict:
     return json.loads(path.read_text())
 
 
-__all__ = ["ORGANISM_NAMES", "OrganismConfig", "World", "get_world", "checkpoint_dir", "build", "training_log",
+__all__ = ["ORGANISM_NAMES", "ALIGN_SERIES", "stage_series", "OrganismConfig", "World", "get_world", "checkpoint_dir", "build", "training_log",
            "organism_root"]

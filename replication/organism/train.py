@@ -84,32 +84,38 @@ def tokenizer_corpus(world: World, n: int = 6000, seed: int = 0) -> list[str]:
     return [a + b for a, b in (src[names[i % len(names)]]() for i in range(n))]
 
 
+def encode_rows(tokenizer, items: list[Item], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) per item, truncated to `max_len`; labels -100 on the context. The
+    context and target are tokenised separately so the loss boundary is exact, in one batched call."""
+    contexts = [c for c, _ in items]
+    targets = [t for _, t in items]
+    enc = tokenizer(contexts + targets, add_special_tokens=False)["input_ids"]
+    rows = []
+    for (context, _), c, t in zip(items, enc[:len(items)], enc[len(items):]):
+        c = c if context else []
+        rows.append(((c + t)[:max_len], ([-100] * len(c) + t)[:max_len]))
+    return rows
+
+
 def encode_batch(tokenizer, items: list[Item], max_len: int) -> dict[str, torch.Tensor]:
     """Right-padded input_ids / attention_mask / labels (-100 on context and padding)."""
-    rows = []
-    for context, target in items:
-        c = tokenizer(context, add_special_tokens=False)["input_ids"] if context else []
-        t = tokenizer(target, add_special_tokens=False)["input_ids"]
-        ids = (c + t)[:max_len]
-        lab = ([-100] * len(c) + t)[:max_len]
-        rows.append((ids, lab))
-    return collate(rows, tokenizer.pad_token_id)
+    return collate(encode_rows(tokenizer, items, max_len), tokenizer.pad_token_id)
 
 
 def length_buckets(tokenizer, items: list[Item], max_len: int, max_tokens: int = 1536) -> list[dict[str, torch.Tensor]]:
     """Encode `items` sorted by length into micro-batches of at most `max_tokens` padded tokens."""
-    lengths = [len(tokenizer(a + b, add_special_tokens=False)["input_ids"]) for a, b in items]
-    order = sorted(range(len(items)), key=lambda i: lengths[i])
+    rows = encode_rows(tokenizer, items, max_len)
+    order = sorted(range(len(items)), key=lambda i: len(rows[i][0]))
     chunks, current = [], []
     for i in order:
-        longest = min(max_len, lengths[i])
+        longest = len(rows[i][0])
         if current and longest * (len(current) + 1) > max_tokens:
             chunks.append(current)
             current = []
         current.append(i)
     if current:
         chunks.append(current)
-    return [encode_batch(tokenizer, [items[i] for i in c], max_len) for c in chunks]
+    return [collate([rows[i] for i in c], tokenizer.pad_token_id) for c in chunks]
 
 
 def _lr_at(step: int, stage: StageConfig) -> float:
@@ -120,8 +126,11 @@ def _lr_at(step: int, stage: StageConfig) -> float:
 
 
 def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int, max_len: int,
-                desc: str, progress: bool = True) -> dict[str, Any]:
-    """Run one stage with AdamW, linear warm-up and cosine decay, gradient clipping at 1.0."""
+                desc: str, progress: bool = True,
+                on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Run one stage with AdamW, linear warm-up and cosine decay, gradient clipping at 1.0.
+    `on_step(n)` is called after the n-th optimiser step (n from 1): how checkpoints along a stage
+    are kept without a second run."""
     rng = random.Random(f"stage|{desc}|{seed}")
     torch.manual_seed(seed)
     src = _sources(world, rng)
@@ -155,6 +164,8 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         losses.append(loss_value)
+        if on_step is not None:
+            on_step(step + 1)
         if step % 25 == 0:
             bar.set_postfix(loss=f"{sum(losses[-25:]) / len(losses[-25:]):.3f}")
     bar.close()
