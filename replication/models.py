@@ -54,9 +54,25 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            counterpart="llama-3.1-8b-instruct", description="its pretrained base (GPU)"),
     Preset("qwen2.5-7b-instruct", "hub", hub_id="Qwen/Qwen2.5-7B-Instruct", aligned=True, counterpart="qwen2.5-7b"),
     Preset("qwen2.5-7b", "hub", hub_id="Qwen/Qwen2.5-7B", chat_format="qa", aligned=False, counterpart="qwen2.5-7b-instruct"),
-    Preset("mistral-7b-instruct-v0.3", "hub", hub_id="mistralai/Mistral-7B-Instruct-v0.3", aligned=True),
-    Preset("olmo-3-7b-instruct", "hub", hub_id="allenai/Olmo-3-7B-Instruct", aligned=True),
+    Preset("mistral-7b-instruct-v0.3", "hub", hub_id="mistralai/Mistral-7B-Instruct-v0.3", aligned=True,
+           counterpart="mistral-7b-v0.3"),
+    Preset("mistral-7b-v0.3", "hub", hub_id="mistralai/Mistral-7B-v0.3", chat_format="qa", aligned=False,
+           counterpart="mistral-7b-instruct-v0.3"),
+    # the OLMo-3-7B training stages (the paper's checkpoint sequence for compression): base -> SFT -> DPO -> final
+    Preset("olmo-3-7b", "hub", hub_id="allenai/Olmo-3-1025-7B", chat_format="qa", aligned=False,
+           counterpart="olmo-3-7b-instruct", description="OLMo-3-7B pretrained base (GPU)"),
+    Preset("olmo-3-7b-instruct-sft", "hub", hub_id="allenai/Olmo-3-7B-Instruct-SFT", aligned=True,
+           counterpart="olmo-3-7b", description="OLMo-3-7B after SFT (GPU)"),
+    Preset("olmo-3-7b-instruct-dpo", "hub", hub_id="allenai/Olmo-3-7B-Instruct-DPO", aligned=True,
+           counterpart="olmo-3-7b", description="OLMo-3-7B after SFT and DPO (GPU)"),
+    Preset("olmo-3-7b-instruct", "hub", hub_id="allenai/Olmo-3-7B-Instruct", aligned=True, counterpart="olmo-3-7b",
+           description="OLMo-3-7B final instruct model (GPU)"),
 ]}
+
+#: training-stage series by their last member (finding 3): presets in training order
+STAGE_SERIES: dict[str, tuple[str, ...]] = {
+    "olmo-3-7b-instruct": ("olmo-3-7b", "olmo-3-7b-instruct-sft", "olmo-3-7b-instruct-dpo", "olmo-3-7b-instruct"),
+}
 
 DEFAULT_MODEL = "organism-aligned"
 
