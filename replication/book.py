@@ -58,16 +58,23 @@ def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> 
              "is built; nothing on it is typed by hand. A finding that was not run for a model says *not run*.", "",
              "## Verdict rules", ""]
     for f in FINDINGS.values():
-        if f.key != "models":
+        if f.kind == "finding":
             lines.append(f"- **{f.title}**: {f.rule}")
     lines += ["", "## Verdicts", "", "| finding | the paper's claim | paper's number | model | our measurement | verdict |",
               "|---|---|---|---|---|---|"]
     for f in FINDINGS.values():
-        if f.key == "models":
+        if f.kind != "finding":
             continue
         for model in models:
             measured, verdict = _verdict_cells(f, results.get(f.key, {}).get(model))
             lines.append(f"| {f.title} | {f.claim} | {f.paper_number} | `{model}` | {measured} | **{verdict}** |")
+    controls = [f for f in FINDINGS.values() if f.kind == "control"]
+    if controls:
+        lines += ["", "## Controls of the pipeline (not results about models)", ""]
+        for f in controls:
+            for model, res in sorted(results.get(f.key, {}).items()):
+                measured, verdict = _verdict_cells(f, res)
+                lines.append(f"- **{f.title}** on `{model}`: {measured}. Finding 1's rule says **{verdict}**. ({f.rule})")
     return "\n".join(lines) + "\n"
 
 

@@ -19,6 +19,7 @@ class Finding:
     paper_number: str          # what the paper reports (or that it was not recovered)
     rule: str                  # how our verdict is computed, stated on the summary page
     experiment: Optional[str] = None   # the module with the finding's contract: Config.for_scale, run, headline, verdict
+    kind: str = "finding"              # "finding" (a claim of the paper), "models" or "control" (checks of our pipeline)
 
     @property
     def verdict(self) -> Optional[Callable[[dict], tuple[str, str]]]:
@@ -30,7 +31,7 @@ class Finding:
 
 FINDINGS: dict[str, Finding] = {f.key: f for f in [
     Finding("models", "00_models.ipynb", "The models",
-            "(not a finding) the models we run and how they behave before pruning", "-", "-"),
+            "(not a finding) the models we run and how they behave before pruning", "-", "-", kind="models"),
     Finding("compactness", "01_compactness.ipynb", "Finding 1: compactness",
             "Pruning a tiny set of weights (0.0005-0.001% of parameters) makes harmful generation drop substantially "
             "while benign ability stays largely intact.",
@@ -83,6 +84,14 @@ FINDINGS: dict[str, Finding] = {f.key: f for f in [
             "if a capability is not available on the model offline; inconclusive if the generation cut's interval "
             "straddles 50%. The chapter reports the other direction (pruning refusal) beside it.",
             "replication.experiments.dissociation"),
+    Finding("positive_control", "06_positive_control.ipynb", "Control: a planted compact mechanism",
+            "(not a claim of the paper) the pipeline can return 'reproduced' when a compact harm mechanism exists: a "
+            "new harm category planted in the aligned organism through a sparse fine-tune of a random 0.5% of every "
+            "decoder matrix.",
+            "-",
+            "finding 1's rule, unchanged, on the planted category; beside it, the share of B-TAP's selection inside "
+            "the planted set against chance. A control of the method, never a result about models.",
+            "replication.experiments.positive_control", kind="control"),
 ]}
 
 
