@@ -11,7 +11,7 @@ so this module never imports the recipe (every experiment imports it, so users n
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -145,16 +145,52 @@ class UnknownModelError(ValueError):
 
 
 def resolve_preset(name: str) -> Preset:
-    """The preset for `name`; a hub id (`org/model`) or an existing folder gets generic defaults."""
+    """The preset for `name`: a preset name, the hub id of a preset (any case), or a local folder
+    of a preset's model (matched by the `_name_or_path` its config records, else by the folder's
+    name against the hub id's last part) all give that preset, so one model is one experiment
+    however it is spelled; a folder loads from the folder. Any other hub id or folder gets generic
+    settings (`Preset.description` says so)."""
     if name in PRESETS:
         return PRESETS[name]
-    if Path(name).expanduser().is_dir():
-        return Preset(name=name, source="hub", hub_id=str(Path(name).expanduser()))
+    by_hub = {p.hub_id.lower(): p for p in PRESETS.values() if p.hub_id}
+    if name.lower() in by_hub:
+        return by_hub[name.lower()]
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        recorded = _recorded_name(folder)
+        match = by_hub.get(recorded.lower()) if recorded else None
+        if match is None:
+            match = next((p for p in by_hub.values() if p.hub_id.rsplit("/", 1)[-1].lower() == folder.name.lower()), None)
+        if match is not None:
+            return replace(match, hub_id=str(folder))
+        return Preset(name=name, source="hub", hub_id=str(folder), description=GENERIC)
     if "/" in name and not name.startswith(("/", ".")):
-        return Preset(name=name, source="hub", hub_id=name)
+        return Preset(name=name, source="hub", hub_id=name, description=GENERIC)
     raise UnknownModelError(
         f"unknown model {name!r}: use a preset ({', '.join(PRESETS)}), a hub id such as "
         f"'meta-llama/Llama-3.1-8B-Instruct', or a local folder with a saved model")
+
+
+#: the description of a model no preset knows: what it is run with
+GENERIC = ("no preset for this model: generic settings (chat format, aligned role, no counterpart, the paper's "
+           "p = 5e-5 and q = 1e-5)")
+
+
+def canonical_name(name: str) -> str:
+    """The name results are filed under: a preset's own name for any spelling of it (hub id,
+    folder), the name as given otherwise."""
+    if name in PRESETS:
+        return name
+    match = next((p for p in PRESETS.values() if p.hub_id and p.hub_id.lower() == name.lower()), None)
+    return match.name if match else name
+
+
+def _recorded_name(folder: Path) -> str | None:
+    import json
+    try:
+        return json.loads((folder / "config.json").read_text()).get("_name_or_path") or None
+    except (OSError, ValueError):
+        return None
 
 
 def _load_organism(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
@@ -208,6 +244,10 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype=None, sc
     if scale not in ("full", "smoke"):
         raise ValueError(f"scale must be 'full' or 'smoke', got {scale!r}")
     preset = resolve_preset(name)
+    name = canonical_name(name)
+    if preset.description == GENERIC:
+        from .progress import report
+        report(f"{name}: {GENERIC}")
     model, tok, extra = LOADERS[preset.source](preset, scale, device, dtype)
     model.eval()
     if tok.pad_token_id is None:

@@ -262,8 +262,9 @@ def available_findings() -> list:
 def run(target: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
         force: bool = False, progress: bool = True) -> list[RunOutcome]:
     """Run one finding or `all` (every notebook that exists; the missing ones are named)."""
-    from .models import resolve_preset
+    from .models import canonical_name, resolve_preset
     resolve_preset(model)  # fail early, with the list of presets, on a bad name
+    model = canonical_name(model)   # a preset's hub id runs (and files its results) as the preset
     scale = str((params or {}).get("scale", scale))
     if target == "all" and params:
         raise RunError("-p parameters go with a single finding (e.g. `run compactness -p q=1e-3`), not with `all`")

@@ -25,6 +25,7 @@ from .data import Example, stable_hash
 from .judges import Judge, StrongRejectJudge, get_judge
 from .models import PRESETS, UnknownModelError, resolve_preset
 from .organism import OrganismConfig, get_world
+from .progress import report
 
 #: Real harmful answers shorter than this (tokens) are dropped: the 10-token prefill must leave a
 #: continuation to score, and the skip-10 ablation needs tokens past the first 10.
@@ -205,12 +206,22 @@ def reference_model_for(loaded) -> tuple[str, str]:
 def resolve_harm_judge(name: str) -> str:
     """The harm judge a real model uses: "auto" is StrongREJECT when its adapter and base model are
     already in the local Hugging Face cache (checked without network access), else reference_nll."""
+    return choose_harm_judge(name)[0]
+
+
+def choose_harm_judge(name: str) -> tuple[str, str]:
+    """(the judge `name` resolves to, why): "auto" depends on the local cache, so the same command
+    can measure different things on different machines; the reason is printed and recorded."""
     if name not in HARM_JUDGES:
         raise ValueError(f"unknown harm judge {name!r}; use one of {', '.join(HARM_JUDGES)}")
     if name != "auto":
-        return name
+        return name, f"asked for {name}"
     from .judges import STRONGREJECT_BASE_MODEL, STRONGREJECT_MODEL, _hub_cached
-    return "strongreject" if _hub_cached(STRONGREJECT_MODEL) and _hub_cached(STRONGREJECT_BASE_MODEL) else "reference_nll"
+    if _hub_cached(STRONGREJECT_MODEL) and _hub_cached(STRONGREJECT_BASE_MODEL):
+        return "strongreject", f"auto: {STRONGREJECT_MODEL} and {STRONGREJECT_BASE_MODEL} are in the local cache"
+    return "reference_nll", (f"auto: StrongREJECT ({STRONGREJECT_MODEL} on {STRONGREJECT_BASE_MODEL}) is not in the "
+                             "local cache, so the judge-free proxy exp(-NLL) of held-out harmful references is used; "
+                             "pass judge='strongreject' (online) for the paper's judge")
 
 
 def _generator(name: str, loaded):
@@ -299,7 +310,8 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     trivia = first_per_group(rd.load_trivia(split="test"), 10**6, "task-test")
     test_trivia = trivia[: sizes.n_qa] if sizes.n_qa is not None else trivia
 
-    judge_name = resolve_harm_judge(cfg.judge)
+    judge_name, judge_why = choose_harm_judge(cfg.judge)
+    report(f"{loaded.name}: harm judge {judge_name} ({judge_why})", enabled=progress)
     bs = loaded.preset.score_batch_size
     if judge_name == "strongreject":
         # "auto" picked StrongREJECT only because it is cached: load it from the cache alone, never the network
@@ -309,6 +321,7 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
                           chat_format=loaded.chat_format, batch_size=bs)
     short = {cat: sizes.n_eval - sum(e.category == cat for e in test_harmful) for cat in rd.DONOTANSWER_CATEGORIES}
     info = {
+        "harm_judge": {"asked": cfg.judge, "used": judge_name, "why": judge_why},
         "reference_model": ref, "reference_rule": why, "reference_chat_format": ref_fmt,
         "self_generation": gen_cfg.to_dict(),
         "harmful_pool": len(harmful_kept), "harmful_pool_refused_dropped": harmful.n_filtered,
