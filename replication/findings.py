@@ -86,7 +86,7 @@ FINDINGS: dict[str, Finding] = {f.key: f for f in [
             "replication.experiments.dissociation"),
     Finding("positive_control", "06_positive_control.ipynb", "Control: a planted compact mechanism",
             "(not a claim of the paper) the pipeline can return 'reproduced' when a compact harm mechanism exists: a "
-            "new harm category planted in the aligned organism through a sparse fine-tune of a random 0.5% of every "
+            "new harm category planted in the aligned organism through a sparse fine-tune of a random 1% of every "
             "decoder matrix.",
             "-",
             "finding 1's rule, unchanged, on the planted category; beside it, the share of B-TAP's selection inside "

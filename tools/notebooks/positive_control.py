@@ -18,7 +18,7 @@ unchanged, runs on that category. This is a check of the method, **not a result 
 import os
 model = "organism-aligned"
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
-fraction = None        # share of every decoder matrix that may change (None: the config's, 0.5%)
+fraction = None        # share of every decoder matrix that may change (None: the config's, 1%)
 seeds = None           # calibration seeds (None: [0, 1, 2])
 qs = None              # the sweep (None: 5 values around the planted fraction)
 """),
