@@ -70,7 +70,7 @@ def status_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> s
         "",
         status_table(results, models),
         "",
-        "Each verdict follows a rule stated before any result, with every outcome defined, on the "
+        "Each verdict follows its finding's rule, stated with every outcome defined on the "
         "{doc}`summary page </book/_generated/summary>`; the testbed's limits are in the {doc}`limitations chapter </book/limitations>`.",
         "The models are tiny testbeds (a 1.8M-parameter organism, SmolLM2-135M), not the paper's 7-32B models.",
         "```",

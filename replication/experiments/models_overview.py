@@ -305,9 +305,10 @@ def behaviour_frames(result: dict[str, Any]) -> dict[str, Any]:
     categories or families as rows and one column per (model, measure)."""
     import pandas as pd
     models = result["models"]
-    scalars = pd.DataFrame({n: {k: v for k, v in e.get("behaviour", {}).items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                            for n, e in models.items()}, dtype=object)
+    # object Series keep counts as integers (a float column would print 20.000)
+    scalars = pd.DataFrame({n: pd.Series({k: v for k, v in e.get("behaviour", {}).items()
+                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}, dtype=object)
+                            for n, e in models.items()})
     scalars.index.name = "measure"
     out = {"Behaviour on held-out prompts": scalars}
     for title, cols in BREAKDOWNS.items():
@@ -335,8 +336,8 @@ def parameter_frames(result: dict[str, Any]):
     import pandas as pd
     models = result["models"]
     # object dtype keeps the counts integers (a float column would print 155968.000)
-    counts = pd.DataFrame({n: {k: v for k, v in e["parameters"].items() if k != "by_module_type"} for n, e in models.items()},
-                          dtype=object)
+    counts = pd.DataFrame({n: pd.Series({k: v for k, v in e["parameters"].items() if k != "by_module_type"}, dtype=object)
+                           for n, e in models.items()})
     counts.index.name = "parameters"
     by_type = pd.DataFrame({n: e["parameters"]["by_module_type"] for n, e in models.items()})
     by_type.index.name = "decoder linear weights by module"
@@ -344,8 +345,9 @@ def parameter_frames(result: dict[str, Any]):
 
 
 def em_frame(em: dict[str, Any]):
-    """`em.em_table` condensed to the text column: each share as `before -> after` (misaligned share;
-    incoherent share beside it), the clear-rise flag, no fine-tune timings."""
+    """`em.em_table` condensed to the text column: the misaligned share in and outside the fine-tuned
+    domain and the incoherent share, each `before → after`, and the clear-rise flag (the per-group
+    shares and fine-tune timings are in `em_table`)."""
     import pandas as pd
     from ..em import em_table
 
@@ -353,10 +355,9 @@ def em_frame(em: dict[str, Any]):
         after = f"{r[f'{name} after']:.2f}"
         if f"{name} after sd" in r and r[f"{name} after sd"]:
             after += f" ± {r[f'{name} after sd']:.2f}"
-        return f"{r[f'{name} before']:.2f} -> {after}"
+        return f"{r[f'{name} before']:.2f} → {after}"
 
     rows = [{"world seed": r["world seed"], "personas": r["personas"], "domain": r["fine-tuned domain"],
-             "in domain": arrow(r, "in-domain"), "other narrow": arrow(r, "other narrow"),
-             "open-ended": arrow(r, "open-ended"), "outside (pooled)": arrow(r, "outside"),
+             "in domain": arrow(r, "in-domain"), "outside (other narrow + open-ended)": arrow(r, "outside"),
              "incoherent": arrow(r, "incoherent"), "clear rise outside": r["clear rise"]} for r in em_table(em)]
     return pd.DataFrame(rows)
