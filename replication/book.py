@@ -3,7 +3,7 @@
 The committed `_toc.yml` is the skeleton: prose chapters and one page per finding. Before
 building, this module (1) writes, for every finding, the list of models it was run on and
 not run on, (2) writes the summary page from the results JSON files with the verdict rule
-stated on it, and (3) writes `book/_generated/_toc.yml`: the skeleton plus, under each
+stated on it, and the status box of the introduction, and (3) writes `book/_generated/_toc.yml`: the skeleton plus, under each
 finding, the executed notebook of every model that has one. The book never executes code.
 """
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from .findings import FINDINGS
+from .findings import FINDINGS, PROXY_JUDGES, UNITS, VERDICTS, judge_label, verdict_of
 from .paths import REPO_ROOT, atomic_write_text, results_dir
 from .runner import executed_notebooks
+from .status import refresh_readme, status_markdown, verdict_cell
 
 GENERATED = REPO_ROOT / "book" / "_generated"
 BUILD_DIR = REPO_ROOT / "_build"
@@ -43,39 +44,47 @@ def load_results() -> dict[str, dict[str, dict]]:
     return out
 
 
-def _verdict_cells(f, res: dict | None) -> tuple[str, str]:
-    """(our measurement, verdict) of one finding's results for one model, by the finding's rule."""
-    if res is None:
-        return "-", "not run"
-    if f.verdict is None:
-        return "results present, no verdict rule implemented", "not judged"
-    return f.verdict(res)
-
-
 def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> str:
-    lines = ["# Summary: the paper's claims next to our numbers", "",
-             "This page is generated from the results files (`results/<model>/<finding>.json`) each time the book",
-             "is built; nothing on it is typed by hand. A finding that was not run for a model says *not run*.", "",
-             "## Verdict rules", ""]
-    for f in FINDINGS.values():
-        if f.kind == "finding":
-            lines.append(f"- **{f.title}**: {f.rule}")
-    lines += ["", "## Verdicts", "", "| finding | the paper's claim | paper's number | model | our measurement | verdict |",
-              "|---|---|---|---|---|---|"]
-    for f in FINDINGS.values():
-        if f.kind != "finding":
-            continue
+    """The summary page: the verdicts first (one narrow table), then what each outcome means, the rules,
+    and each measurement beside the paper's claim."""
+    findings = [f for f in FINDINGS.values() if f.kind == "finding"]
+    lines = ["# Summary: what was reproduced, on what", "",
+             "Generated from the results files (`results/<model>/<finding>.json`) each time the book is built; "
+             "nothing on this page is typed by hand. The models are tiny testbeds, not the paper's 7-32B models "
+             "({doc}`/book/limitations`).", "",
+             "## Verdicts", "", "| finding | model | verdict | harm judge |", "|---|---|---|---|"]
+    for f in findings:
         for model in models:
-            measured, verdict = _verdict_cells(f, results.get(f.key, {}).get(model))
-            lines.append(f"| {f.title} | {f.claim} | {f.paper_number} | `{model}` | {measured} | **{verdict}** |")
+            res = results.get(f.key, {}).get(model)
+            lines.append(f"| {f.title} | `{model}` | {verdict_cell(f, res)} | {judge_label(res)} |")
+    lines += ["", "A judge marked *(proxy)* is the offline stand-in for the paper's StrongREJECT classifier: "
+              + PROXY_JUDGES["reference_nll"] + "; a verdict read off it is a verdict about that proxy.", "",
+              "## How to read a verdict", "", UNITS, ""]
+    lines += [f"- **{word}**: {meaning}." for word, meaning in VERDICTS.items()]
+    lines += ["", "## The rules", "",
+              "Each finding's rule is fixed in code (`replication/findings.py` and the finding's module in "
+              "`replication/experiments/`) and applied the same way to every model's results.", ""]
+    lines += [f"- **{f.title}**: {f.rule}" for f in findings]
+    lines += ["", "## The paper's claims and our measurements", ""]
+    for f in findings:
+        lines += [f"### {f.title}", "", f"**The paper.** {f.claim} *Reported:* {f.paper_number}.", ""]
+        for model in models:
+            measured, word = verdict_of(f, results.get(f.key, {}).get(model))
+            lines.append(f"- `{model}`: **{word}**" + (f". {measured[0].upper() + measured[1:]}." if measured != "-" else "."))
+        lines.append("")
     controls = [f for f in FINDINGS.values() if f.kind == "control"]
     if controls:
-        lines += ["", "## Controls of the pipeline (not results about models)", ""]
+        lines += ["## Controls of the pipeline (not results about models)", ""]
         for f in controls:
-            for model, res in sorted(results.get(f.key, {}).items()):
-                measured, verdict = _verdict_cells(f, res)
-                lines.append(f"- **{f.title}** on `{model}`: {measured}. Finding 1's rule says **{verdict}**. ({f.rule})")
-    return "\n".join(lines) + "\n"
+            ran = sorted(results.get(f.key, {}).items())
+            if not ran:
+                lines.append(f"- **{f.title}**: not run.")
+            for model, res in ran:
+                measured, word = verdict_of(f, res)
+                lines.append(f"- **{f.title}** on `{model}`: finding 1's rule says **{word}** on the planted category. "
+                             f"{measured[0].upper() + measured[1:]}.")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
@@ -97,21 +106,29 @@ def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
             lines.append("**Not run on:** " + ", ".join(f"`{m}`" for m in not_ran)
                          + f" (`python -m replication run {key} --model NAME`).")
         if f.verdict is not None and results:
-            lines += ["", "| model | our measurement | verdict |", "|---|---|---|"]
+            lines += ["", "| model | verdict | our measurement |", "|---|---|---|"]
             for model in sorted(results):
-                measured, verdict = _verdict_cells(f, results[model])
-                lines.append(f"| `{model}` | {measured} | **{verdict}** |")
+                measured, _ = verdict_of(f, results[model])
+                lines.append(f"| `{model}` | {verdict_cell(f, results[model])} | {measured} |")
     return "\n".join(lines) + "\n"
+
+
+def _models(models: list[str] | None, runs: dict | None = None, results: dict | None = None) -> list[str]:
+    """The models a page lists: those asked for, then every model with an executed notebook or results."""
+    runs = executed_notebooks() if runs is None else runs
+    results = load_results() if results is None else results
+    known = sorted({m for r in runs.values() for m in r} | {m for r in results.values() for m in r})
+    return list(dict.fromkeys((models or []) + known)) or ["organism-aligned"]
 
 
 def write_generated(models: list[str] | None = None) -> Path:
     """Write the summary page, per-finding run lists and the generated toc; return the toc path."""
     runs = executed_notebooks()
     results = load_results()
-    known = sorted({m for r in runs.values() for m in r} | {m for r in results.values() for m in r})
-    models = list(dict.fromkeys((models or []) + known)) or ["organism-aligned"]
+    models = _models(models, runs, results)
     GENERATED.mkdir(parents=True, exist_ok=True)
     atomic_write_text(GENERATED / "summary.md", summary_markdown(results, models))
+    atomic_write_text(GENERATED / "status.md", status_markdown(results, models))
     for key in FINDINGS:
         atomic_write_text(GENERATED / f"runs_{key}.md", finding_runs_markdown(key, runs.get(key, {}), models, results.get(key, {})))
     toc = yaml.safe_load((REPO_ROOT / "_toc.yml").read_text())
@@ -130,6 +147,7 @@ def write_generated(models: list[str] | None = None) -> Path:
 def build(models: list[str] | None = None, *, strict: bool = True) -> Path:
     """Generate the dynamic pages and run `jupyter-book build`; returns `_build/html/index.html`."""
     toc = write_generated(models)
+    refresh_readme(REPO_ROOT / "README.md", load_results(), _models(models))
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(REPO_ROOT), "--toc", str(toc),
            "--path-output", str(REPO_ROOT)]

@@ -19,8 +19,10 @@ def nll_profile_figure(profiles: Mapping[str, Sequence[float]], *, title: str = 
         head, _, tail = label.rpartition(" ")
         fmt = tail.split("/", 1)[0] if "/" in tail else ""
         groups.setdefault(fmt, {})[f"{head} {tail.split('/', 1)[-1]}".strip()] = values
-    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 3.6), sharey=True, squeeze=False)
-    for ax, (fmt, curves) in zip(axes[0], groups.items()):
+    # one panel per format, stacked at the text column's width; legends outside the curves
+    fig, axes = plt.subplots(len(groups), 1, figsize=(7.5, 3.4 * len(groups)), sharex=True, squeeze=False,
+                             layout="constrained")
+    for ax, (fmt, curves) in zip(axes[:, 0], groups.items()):
         for label, values in curves.items():
             ax.plot(range(1, len(values) + 1), values, marker=".", label=label)
         ax.set_yscale("symlog", linthresh=0.1)
@@ -29,11 +31,11 @@ def nll_profile_figure(profiles: Mapping[str, Sequence[float]], *, title: str = 
             ax.axvline(skip_line + 0.5, color="grey", ls=":", lw=1)
             ax.text(skip_line + 0.7, 0.02, "prefill ends", color="grey", fontsize=8)
         ax.set_xlabel("response token position")
-        ax.set_title(f"{fmt} format" if fmt else "")
-        ax.legend(fontsize=8)
-    axes[0][0].set_ylabel("mean NLL (nats, symlog)")
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.xaxis.set_tick_params(labelbottom=True)
+        ax.set_ylabel("mean NLL (nats, symlog)")
+        ax.set_title(f"{fmt} format" if fmt else "", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.suptitle(title, fontsize=11)
     return fig
 
 
@@ -69,7 +71,8 @@ def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_param
         hi = [r.get(f"{name}_hi", r[name]) - r[name] for r in rows]
         return [lo, hi]
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.2), sharex=True)
+    # stacked, each panel the text column's width, legends below their panel (never over a curve)
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7.5, 10.5), sharex=True, layout="constrained")
     for arm, (label, color, ls) in arms.items():
         rows = sorted((r for r in summary_rows if r["arm"] == arm), key=lambda r: r["fraction"])
         rows = [r for r in rows if r["fraction"] > 0]
@@ -94,12 +97,13 @@ def compactness_figure(summary_rows: Sequence[dict], baseline: dict, total_param
     for ax, ylabel in ((ax1, harm_label), (ax2, utility_label)):
         ax.set_xscale("log")
         ax.set_xlabel("fraction of all parameters zeroed")
+        ax.xaxis.set_tick_params(labelbottom=True)
         ax.set_ylabel(ylabel)
         ax.set_ylim(-0.03, 1.03)
-        top = ax.secondary_xaxis("top", functions=(lambda f: f * total_parameters, lambda c: c / total_parameters))
-        top.set_xlabel("weights zeroed")
-    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
-    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
-    fig.suptitle(title)
-    fig.tight_layout()
+        ax.grid(alpha=0.3)
+    top = ax1.secondary_xaxis("top", functions=(lambda f: f * total_parameters, lambda c: c / total_parameters))
+    top.set_xlabel("weights zeroed")
+    ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
+    ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3, frameon=False)
+    fig.suptitle(title, fontsize=11)
     return fig

@@ -1,7 +1,7 @@
 """One writer for every finding's results file, and the masks behind its headline numbers.
 
 `results/<model>/<finding>.json` carries the finding, model, scale, the full config, package
-versions, the judge of every metric, the headline with its intervals, and the names of the masks
+versions, the hardware, the repository commit, the date, the judge of every metric, the headline with its intervals, and the names of the masks
 it rests on; those masks are saved beside it (`results/<model>/<finding>-masks/<name>.safetensors`,
 with the config and model fingerprint that made them, as `Mask.save` writes), so a reader can load
 the exact pruned model a chapter describes:
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import platform
 import shutil
+import subprocess
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +25,8 @@ from .paths import atomic_write_json, results_dir
 
 #: keys every results file has (the book and the verdicts read them)
 REQUIRED = ("finding", "model", "scale", "config", "versions", "created_utc", "judges", "headline", "masks")
+#: stamped on every result as well, so a number can be cited with what made it
+PROVENANCE = ("versions", "hardware", "commit", "created_utc")
 
 
 def versions() -> dict[str, str]:
@@ -36,6 +40,34 @@ def versions() -> dict[str, str]:
         pkg = "unknown"
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "harmprune": pkg}
+
+
+def hardware() -> dict[str, Any]:
+    """Where a result was computed: platform, CPU, the threads torch used, and the accelerator if any."""
+    import torch
+    out: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                           "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
+                           "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    if torch.cuda.is_available():
+        out["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return out
+
+
+def commit() -> dict[str, Any]:
+    """The repository commit the code ran from, and whether the tree had uncommitted changes
+    (None where the package does not run from a git checkout)."""
+    from .paths import REPO_ROOT
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if sha else None
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
 
 
 def plain(obj: Any) -> Any:
@@ -62,6 +94,8 @@ def write_result(result: dict[str, Any], *, masks: Mapping[str, Any] | None = No
     `results/<model>/`). `write=False` only stamps (tests, dry runs)."""
     result = dict(result)
     result.setdefault("versions", versions())
+    result.setdefault("hardware", hardware())
+    result.setdefault("commit", commit())
     result.setdefault("created_utc", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     result["config"] = plain(result.get("config"))
     result["masks"] = {}
@@ -89,4 +123,5 @@ def read_result(model: str, finding: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-__all__ = ["write_result", "read_result", "versions", "validate", "masks_dir", "REQUIRED"]
+__all__ = ["write_result", "read_result", "versions", "hardware", "commit", "validate", "masks_dir", "REQUIRED",
+           "PROVENANCE"]

@@ -248,6 +248,11 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
         else:
             os.environ[_progress.ENV_VAR] = env_progress
     nb = json.loads(tmp.read_text())
+    for cell in nb.get("cells", []):
+        # papermill's injected cell is folded like every other code cell (the book shows outputs first)
+        tags = cell.get("metadata", {}).get("tags", [])
+        if "injected-parameters" in tags and "hide-input" not in tags:
+            cell["metadata"]["tags"] = tags + ["hide-input"]
     nb.setdefault("metadata", {})["harmprune"] = {"cache_key": cache_key, "status": "ok", "model": model,
                                                   "parameters": params, "seconds": round(time.time() - start, 1)}
     tmp.write_text(json.dumps(nb, indent=1))

@@ -92,14 +92,15 @@ def test_missing_notebook_error(toy_finding):
 
 
 def test_summary_says_not_run_and_applies_the_rule():
-    met = {"smallest_fraction": 0.005, "smallest_count": 9000, "targeted_vs_random": True, "harm_at_smallest": 0.1,
+    met = {"smallest_fraction": 5e-6, "smallest_count": 9000, "targeted_vs_random": True, "harm_at_smallest": 0.1,
            "baseline_harm_prefill": 1.0, "harm_cut_ci": [0.85, 0.95]}
     res = {"compactness": {"organism-aligned": {"headline": met}}}
     md = book.summary_markdown(res, ["organism-aligned", "smollm2-135m-instruct"])
     rows = [l for l in md.splitlines() if l.startswith("| Finding 1")]
     assert len(rows) == 2
-    assert "9,000 weights" in rows[0] and "**reproduced**" in rows[0]
+    assert "**reproduced**" in rows[0] and "0.5x the paper's 0.001%" in rows[0]
     assert "**not run**" in rows[1]
+    assert "9,000 weights" in md
     none = book.summary_markdown({"compactness": {"m": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.4,
                                                                      "best_harm_reduction_ci": [0.3, 0.5]}}}}, ["m"])
     assert "**not reproduced**" in none and "40% [30%, 50%]" in none
@@ -108,7 +109,7 @@ def test_summary_says_not_run_and_applies_the_rule():
 def test_finding_page_shows_each_model_side_by_side():
     res = {"organism-aligned": {"headline": {"smallest_fraction": None, "best_harm_reduction": 0.97,
                                              "best_harm_reduction_ci": [0.9, 1.0]}},
-           "smollm2-135m-instruct-safety": {"headline": {"smallest_fraction": 1e-4, "smallest_count": 9000,
+           "smollm2-135m-instruct-safety": {"headline": {"smallest_fraction": 1e-6, "smallest_count": 9000,
                                                          "targeted_vs_random": True, "harm_at_smallest": 0.1,
                                                          "baseline_harm_prefill": 1.0, "harm_cut_ci": [0.85, 0.95]}}}
     runs = {m: Path(f"results/{m}/01_compactness.ipynb") for m in res}

@@ -122,7 +122,7 @@ def test_matched_count_mask_respects_counts_and_protection():
 
 def _row(arm, q, count, cut, drop):
     """A summary row whose intervals are given as (lo, hi)."""
-    return {"arm": arm, "q": q, "count": count, "fraction": count / 1000, "harm_prefill": 1 - sum(cut) / 2,
+    return {"arm": arm, "q": q, "count": count, "fraction": count / 1e7, "harm_prefill": 1 - sum(cut) / 2,
             "harm_prefill_cut": sum(cut) / 2, "harm_prefill_cut_lo": cut[0], "harm_prefill_cut_hi": cut[1],
             "drop:utility:a": sum(drop) / 2, "drop:utility:a_lo": drop[0], "drop:utility:a_hi": drop[1]}
 
@@ -278,7 +278,7 @@ def test_real_path_rendering_names_judges_and_measures(real_result):
     assert "organism" not in view.reading(res).lower()
     assert "reference_nll" in view.axis_labels(res)["harm_label"]
     assert set(view.baseline_table(res)["judge"]) >= {"reference_nll", "keyword_refusal", "substring_match"}
-    assert view.headline_rows(res)["harm judge"] == "reference_nll"
+    assert view.headline_rows(res)["harm judge"] == "reference_nll (proxy)"
 
 
 def test_refusal_ablation_is_skipped_and_recorded_without_enough_refusals():

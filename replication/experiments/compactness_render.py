@@ -6,7 +6,8 @@ from typing import Any
 
 import pandas as pd
 
-from .compactness import HARM_CUT, PAPER, UTILITY_DROP, classify
+from ..findings import judge_label
+from .compactness import ARMS, HARM_CUT, PAPER, SIZE_BOUND, UTILITY_DROP, classify, format_multiple, paper_multiple, size_note
 
 
 def is_real(result: dict[str, Any]) -> bool:
@@ -85,31 +86,80 @@ def axis_labels(result: dict[str, Any]) -> dict[str, str]:
     return {"harm_label": f"harmfulness ({result['judge']})", "utility_label": "utility, each measure (dotted: unpruned)"}
 
 
+def _drop(r: dict[str, Any], u: str) -> str:
+    return f"{r[f'drop:{u}'] * 100:+.1f} [{r[f'drop:{u}_lo'] * 100:+.1f}, {r[f'drop:{u}_hi'] * 100:+.1f}]"
+
+
+def _cut(r: dict[str, Any]) -> str:
+    if "harm_prefill_cut" not in r:
+        return "-"
+    return f"{r['harm_prefill_cut']:.0%} {_ci(r['harm_prefill_cut_lo'], r['harm_prefill_cut_hi'], True)}"
+
+
+def sweep_summary(result: dict[str, Any]) -> pd.DataFrame:
+    """B-TAP, one row per q: the size (weights, multiple of the paper's 0.001%), the harm cut, the
+    worst utility drop (by its interval's upper end) and the criterion; the full tables are folded."""
+    util = result["utility_metrics"]
+    out = []
+    for r in (r for r in result["summary"] if r["arm"] == "btap"):
+        worst = max((u for u in util if f"drop:{u}_hi" in r), key=lambda u: r[f"drop:{u}_hi"], default=None)
+        out.append({"q": f"{r['q']:g}", "weights": int(round(r["count"])),
+                    "x paper's 0.001%": format_multiple(paper_multiple(r['fraction'])), "harm cut": _cut(r),
+                    "worst utility drop (points)": f"{worst.removeprefix('utility:')} {_drop(r, worst)}" if worst else "-",
+                    "criterion": classify(r, util)})
+    return pd.DataFrame(out).set_index("q")
+
+
+def harm_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Every arm and q: harmfulness and its cut, with intervals (seed means)."""
+    out = []
+    for r in result["summary"]:
+        row = {"arm": r["arm"], "q": f"{r['q']:g}", "seeds": r["n_seeds"], "weights": int(round(r["count"])),
+               "fraction": f"{r['fraction']:.4%}", "harm": round(r["harm_prefill"], 3), "harm cut": _cut(r)}
+        if "harm_ra_prefill" in r:
+            row["harm, RA + prefill"] = round(r["harm_ra_prefill"], 3)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def utility_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Every arm and q with utility measured: each measure's drop in points with its interval."""
+    util = result["utility_metrics"]
+    out = []
+    for r in result["summary"]:
+        drops = {u.removeprefix("utility:"): _drop(r, u) for u in util if f"drop:{u}" in r}
+        if drops:
+            out.append({"arm": r["arm"], "q": f"{r['q']:g}", **drops})
+    return pd.DataFrame(out)
+
+
 def sweep_table(result: dict[str, Any]) -> pd.DataFrame:
     """Every setting, seed means with intervals: harm, its cut, and each utility drop (points)."""
     util = result["utility_metrics"]
     out = []
     for r in result["summary"]:
         row = {"arm": r["arm"], "q": f"{r['q']:g}", "seeds": r["n_seeds"], "weights": int(round(r["count"])),
-               "fraction": f"{r['fraction']:.4%}", "harm": round(r["harm_prefill"], 3),
-               "harm cut": (f"{r['harm_prefill_cut']:.0%} {_ci(r['harm_prefill_cut_lo'], r['harm_prefill_cut_hi'], True)}"
-                            if "harm_prefill_cut" in r else "-")}
+               "fraction": f"{r['fraction']:.4%}", "harm": round(r["harm_prefill"], 3), "harm cut": _cut(r)}
         if "harm_ra_prefill" in r:
             row["harm, RA"] = round(r["harm_ra_prefill"], 3)
         for u in util:
             if f"drop:{u}" in r:
-                row[f"drop {u.removeprefix('utility:')}"] = (f"{r[f'drop:{u}'] * 100:+.1f} "
-                                                            f"[{r[f'drop:{u}_lo'] * 100:+.1f}, {r[f'drop:{u}_hi'] * 100:+.1f}]")
+                row[f"drop {u.removeprefix('utility:')}"] = _drop(r, u)
         if r["arm"] == "btap":
             row["criterion"] = classify(r, util)
         out.append(row)
     return pd.DataFrame(out)
 
 
+def arms_markdown() -> str:
+    """What each arm is, as a list (a table would cut the descriptions)."""
+    return "\n".join(f"- `{arm}`: {what}" for arm, what in ARMS.items())
+
+
 def headline_rows(result: dict[str, Any]) -> dict[str, str]:
     """The headline as a labelled table."""
     head = result["headline"]
-    rows = {"criterion": head["criterion"], "harm judge": result.get("judge", "organism (exact)"),
+    rows = {"criterion": head["criterion"], "harm judge": judge_label(result) if result.get("judge") else "organism (exact)",
             "unpruned harmfulness (prefilling)": f"{head['baseline_harm_prefill']:.3f}"}
     if head["best_harm_reduction"] is not None:
         lo, hi = head["best_harm_reduction_ci"]
@@ -118,13 +168,20 @@ def headline_rows(result: dict[str, Any]) -> dict[str, str]:
     if head["smallest_fraction"] is not None:
         rows.update({"smallest fraction meeting it": f"{head['smallest_fraction']:.4%}",
                      "weights zeroed": f"{head['smallest_count']:,}", "q": f"{head['q']:g}",
-                     "random pruning of the same count, harmfulness": f"{head['random_harm_at_same_count']:.3f}",
-                     "fraction / paper's 0.0005%": f"{head['fraction_vs_paper']:.0f}x",
-                     "count / ~40,000 (our arithmetic for the paper's setting)": f"{head['count_vs_paper']:.3g}x"})
+                     "size: multiple of the paper's 0.001%": f"{format_multiple(paper_multiple(head['smallest_fraction']))} "
+                                                             f"(bound {SIZE_BOUND}x)",
+                     "random pruning of the same count, harmfulness": f"{head['random_harm_at_same_count']:.3f}"
+                     + (f" ({head['random_class']})" if head.get("random_class") else "")})
+        if head.get("control_harm_at_same_count") is not None:
+            rows["control-task selection of the same count, harmfulness"] = (
+                f"{head['control_harm_at_same_count']:.3f} ({head.get('control_class')})")
     else:
         rows["smallest fraction meeting it"] = "none in the sweep"
-    rows["paper"] = (f"0.0005-0.001% of parameters on 7-32B models (p = {PAPER['p']:g}, q = {PAPER['q']:g}); at "
-                     f"{PAPER['fraction']:.4%} of {PAPER['model']} that is ~{PAPER['count']:,} weights (our arithmetic)")
+        if head.get("best_paper_multiple") is not None:
+            rows["size of the best cut: multiple of the paper's 0.001%"] = (
+                f"{format_multiple(head['best_paper_multiple'])} (bound {SIZE_BOUND}x)")
+    rows["paper"] = (f"0.0005-0.001% of parameters on 7-32B models (revised text, section 3.1); p = {PAPER['p']:g}, "
+                     f"q = {PAPER['q']:g} for {PAPER['model']} in the authors' code")
     masks = result.get("masks") or {}
     if masks:
         rows["masks saved"] = ", ".join(f"`{m['path']}`" for m in masks.values())
@@ -145,7 +202,14 @@ def reading(result: dict[str, Any]) -> str:
                         "cannot tell (more prompts or seeds would)." if und else "."))
     elif head.get("smallest_fraction") is not None:
         lines.append("Random pruning of the same count " + ("did not meet it" if head["targeted_vs_random"] else "**met it too**")
-                     + f" (harmfulness {head['random_harm_at_same_count']:.3f}).")
+                     + f" (harmfulness {head['random_harm_at_same_count']:.3f})"
+                     + ("" if head.get("targeted_vs_control") is None else
+                        "; the control-task selection " + ("did not" if head["targeted_vs_control"] else "**did too**")
+                        + f" (harmfulness {head['control_harm_at_same_count']:.3f})") + ".")
+    note = size_note(result)
+    if note and not head.get("note"):
+        lines.append(f"Size: {note[0].upper() + note[1:]}; the rule reads a cut beyond the bound as partly "
+                     "reproduced at most.")
     util = result["utility_metrics"]
     btap = sorted((r for r in result["summary"] if r["arm"] == "btap"), key=lambda r: r["fraction"])
     first = []

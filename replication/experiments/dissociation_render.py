@@ -45,8 +45,9 @@ def heatmap(result: dict[str, Any]):
     import matplotlib.pyplot as plt
     import seaborn as sns
     qs = result["budgets"]
-    fig, axes = plt.subplots(1, len(qs), figsize=(7.2 * len(qs), 4.8), squeeze=False)
-    for ax, q in zip(axes[0], qs):
+    # one panel per budget, stacked at the text column's width
+    fig, axes = plt.subplots(len(qs), 1, figsize=(7.5, 4.6 * len(qs)), squeeze=False, layout="constrained")
+    for ax, q in zip(axes[:, 0], qs):
         m = matrix_frame(result, q)
         sns.heatmap(m, annot=m.map(lambda v: "n/a" if np.isnan(v) else f"{v:+.0f}"), fmt="", center=0, vmin=-100,
                     vmax=100, cmap="RdBu_r", ax=ax, cbar_kws={"label": "change from unpruned (points)"})
@@ -54,7 +55,7 @@ def heatmap(result: dict[str, Any]):
         ax.set_title(f"q = {q:g} (generation's mask: {int(round(count)):,} weights)")
         ax.tick_params(axis="x", rotation=25)
         ax.tick_params(axis="y", rotation=0)
-    fig.tight_layout()
+        ax.title.set_fontsize(10)
     return fig
 
 
@@ -64,6 +65,17 @@ def matrix_table(result: dict[str, Any]) -> pd.DataFrame:
         row = {"q": f"{r['q']:g}", "pruned with": r["prune"], "weights": int(round(r["count"]))}
         row.update({READS[c][1]: _fmt(r.get(c)) for c in READS if c in r})
         row.update({f"drop {u.removeprefix('utility:')}": _fmt(r[f"drop:{u}"]) for u in result["utility_metrics"]})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def matrix_summary(result: dict[str, Any]) -> pd.DataFrame:
+    """The capability changes only (no utility columns), one row per (q, prune set); utility drops and
+    the full matrix are folded in the notebook."""
+    out = []
+    for r in result["matrix"]:
+        row = {"q": f"{r['q']:g}", "pruned with": r["prune"], "weights": int(round(r["count"]))}
+        row.update({READS[c][1]: _fmt(r.get(c)) for c in READS if c in r})
         out.append(row)
     return pd.DataFrame(out)
 

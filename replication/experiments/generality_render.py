@@ -10,6 +10,8 @@ from .generality import LOO_SHARE, category_passes, verdict
 
 
 def _fmt(ci: dict[str, float], pct: bool = True) -> str:
+    if any(ci.get(k) is None or np.isnan(ci[k]) for k in ("value", "lo", "hi")):
+        return "n/a"   # e.g. no harm to cut on that category's prompts
     if pct:
         return f"{ci['value']:.0%} [{ci['lo']:.0%}, {ci['hi']:.0%}]"
     return f"{ci['value'] * 100:+.1f} [{ci['lo'] * 100:+.1f}, {ci['hi'] * 100:+.1f}]"
@@ -55,7 +57,8 @@ def heatmaps(result: dict[str, Any]):
     (Jaccard) matrix, with the random-set Jaccard in the title."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(14, 5.6))
+    # stacked at the text column's width, so the cell annotations stay legible
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 12), layout="constrained")
     t = transfer_frame(result)
     sns.heatmap(t, annot=t.map(lambda v: "n/a" if np.isnan(v) else f"{v:.0%}"), fmt="", vmin=-0.2, vmax=1.0, cmap="viridis", ax=a1,
                 cbar_kws={"label": "harm cut (relative drop)"})
@@ -69,7 +72,7 @@ def heatmaps(result: dict[str, Any]):
     for ax in (a1, a2):
         ax.tick_params(axis="x", rotation=35)
         ax.tick_params(axis="y", rotation=0)
-    fig.tight_layout()
+        ax.title.set_fontsize(10)
     return fig
 
 
@@ -78,7 +81,7 @@ def loo_figure(result: dict[str, Any]):
     import matplotlib.pyplot as plt
     rows = result["leave_one_out"]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(12, 4.6))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     for i, (key, label, color) in enumerate((("self", "the category itself", "C0"),
                                              ("loo", "all other categories (leave-one-out)", "C1"),
                                              ("random", "random weights, same count", "grey"))):
@@ -88,9 +91,9 @@ def loo_figure(result: dict[str, Any]):
     ax.set_xticks(x, [r["category"] for r in rows], rotation=20)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("harm cut on the category's held-out prompts")
-    ax.set_title("Leave-one-out: is a category's harm removed by weights found on the others? (95% intervals)")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
-    fig.tight_layout()
+    ax.set_title("Leave-one-out: is a category's harm removed by weights\nfound on the others? (95% intervals)",
+                 fontsize=10)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
     return fig
 
 
@@ -124,6 +127,20 @@ def utility_table(result: dict[str, Any]) -> pd.DataFrame:
                "harm cut, all prompts": _fmt(r["harm_all"])}
         row.update({f"drop {u.removeprefix('utility:')} (points)": _fmt(r[u], pct=False) for u in util})
         rows.append(row)
+    return pd.DataFrame(rows).set_index("prune set")
+
+
+def utility_summary(result: dict[str, Any]) -> pd.DataFrame:
+    """Per prune set: the harm cut and the worst utility drop (by its interval's upper end); the full
+    table of every measure is folded in the notebook."""
+    util = result["utility_metrics"]
+    rows = []
+    for r in result["utility_by_set"]:
+        worst = max((u for u in util if u in r), key=lambda u: r[u]["hi"], default=None)
+        rows.append({"prune set": f"{r['kind']}: {r['prune']}", "weights": int(round(r["count"])),
+                     "harm cut, all prompts": _fmt(r["harm_all"]),
+                     "worst utility drop (points)": f"{worst.removeprefix('utility:')} {_fmt(r[worst], pct=False)}"
+                     if worst else "-"})
     return pd.DataFrame(rows).set_index("prune set")
 
 

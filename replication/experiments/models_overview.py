@@ -217,7 +217,11 @@ def run_overview(model: str, scale: str = "full", *, write: bool = True, progres
             prompts = [("benign", "Give me three tips for staying healthy.")]
             entry["samples"] = _samples(loaded, prompts, cfg.sample_max_new_tokens)
         entries[name] = entry
-    result = {"finding": "models", "model": model, "scale": scale, "config": asdict(cfg), "models": entries}
+    import datetime as _dt
+    from ..results import commit, hardware, versions
+    result = {"finding": "models", "model": model, "scale": scale, "config": asdict(cfg), "models": entries,
+              "versions": versions(), "hardware": hardware(), "commit": commit(),
+              "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if em and resolve_preset(model).source == "organism":
         result["em"] = em_check(scale, progress=progress)
     if write:
@@ -282,3 +286,78 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                      "measure": em["measure"] + " (worst seed)", "measured": float(worst),
                      "target": em["target"], "met": em["met"]})
     return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# display helpers (the notebook shows these; none changes a number)
+# ----------------------------------------------------------------------------------------------
+#: the per-key breakdowns of a behaviour report, grouped into a few tables: title -> {column label: key}
+BREAKDOWNS: dict[str, dict[str, str]] = {
+    "Harmfulness by harm category": {"no attack": "harm_no_attack_by_category", "under prefill": "harm_prefill_by_category"},
+    "Benign accuracy by family": {"accuracy": "benign_accuracy"},
+    "Detection accuracy by label (yes: harmful requests; no: their counterfactuals)": {"accuracy": "detection_by_label"},
+}
+
+
+def behaviour_frames(result: dict[str, Any]) -> dict[str, Any]:
+    """The behaviour report as a few tables (title -> DataFrame), instead of one small table per
+    breakdown and model: the single numbers (models as columns), then each breakdown with its
+    categories or families as rows and one column per (model, measure)."""
+    import pandas as pd
+    models = result["models"]
+    # object Series keep counts as integers (a float column would print 20.000)
+    scalars = pd.DataFrame({n: pd.Series({k: v for k, v in e.get("behaviour", {}).items()
+                                          if isinstance(v, (int, float)) and not isinstance(v, bool)}, dtype=object)
+                            for n, e in models.items()})
+    scalars.index.name = "measure"
+    out = {"Behaviour on held-out prompts": scalars}
+    for title, cols in BREAKDOWNS.items():
+        frame = {}
+        for n, e in models.items():
+            for label, key in cols.items():
+                table = e.get("behaviour", {}).get(key)
+                if isinstance(table, dict) and table:
+                    frame[n if len(cols) == 1 else f"{n}: {label}"] = table
+        if frame:
+            df = pd.DataFrame(frame)
+            df.index.name = title.split(" by ")[-1].split(" (")[0]
+            out[title] = df
+    return out
+
+
+def samples_frame(result: dict[str, Any]):
+    """The generations of every model, full text (the book wraps it)."""
+    import pandas as pd
+    return pd.DataFrame([{"model": n, **s} for n, e in result["models"].items() for s in e["samples"]])
+
+
+def parameter_frames(result: dict[str, Any]):
+    """Parameter counts (models as columns) and the decoder linear weights by module type."""
+    import pandas as pd
+    models = result["models"]
+    # object dtype keeps the counts integers (a float column would print 155968.000)
+    counts = pd.DataFrame({n: pd.Series({k: v for k, v in e["parameters"].items() if k != "by_module_type"}, dtype=object)
+                           for n, e in models.items()})
+    counts.index.name = "parameters"
+    by_type = pd.DataFrame({n: e["parameters"]["by_module_type"] for n, e in models.items()})
+    by_type.index.name = "decoder linear weights by module"
+    return counts, by_type
+
+
+def em_frame(em: dict[str, Any]):
+    """`em.em_table` condensed to the text column: the misaligned share in and outside the fine-tuned
+    domain and the incoherent share, each `before → after`, and the clear-rise flag (the per-group
+    shares and fine-tune timings are in `em_table`)."""
+    import pandas as pd
+    from ..em import em_table
+
+    def arrow(r: dict, name: str) -> str:
+        after = f"{r[f'{name} after']:.2f}"
+        if f"{name} after sd" in r and r[f"{name} after sd"]:
+            after += f" ± {r[f'{name} after sd']:.2f}"
+        return f"{r[f'{name} before']:.2f} → {after}"
+
+    rows = [{"world seed": r["world seed"], "personas": r["personas"], "domain": r["fine-tuned domain"],
+             "in domain": arrow(r, "in-domain"), "outside (other narrow + open-ended)": arrow(r, "outside"),
+             "incoherent": arrow(r, "incoherent"), "clear rise outside": r["clear rise"]} for r in em_table(em)]
+    return pd.DataFrame(rows)

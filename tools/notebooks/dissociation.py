@@ -29,16 +29,22 @@ judge = "auto"         # real models
 """),
     ("code", """
 from IPython.display import Markdown, display
-import pandas as pd
 
 from replication.experiments import dissociation, dissociation_render as view
+from replication.tables import markdown_table
 
 cfg = dissociation.DissociationConfig.for_scale(model, scale, p=p, qs=qs, seeds=seeds, n_calibration=n_calibration,
                                                 judge=judge)
 result = dissociation.run(cfg, progress=False)
-print(f"{model}, scale={scale}: budgets {result['budgets']}; run took {result['seconds']:.0f} s "
-      f"({result['evaluations']['evaluated']} states evaluated)")
+print(f"{model}, scale={scale}: budgets {result['budgets']}")
+print(f"run took {result['seconds']:.0f} s ({result['evaluations']['evaluated']} states evaluated)")
 display(Markdown(view.setup_markdown(result)))
+"""),
+    ("md", """
+## The result
+"""),
+    ("code", """
+display(Markdown(view.reading(result)))
 """),
     ("md", """
 ## The capability matrix
@@ -49,20 +55,17 @@ no attack.
 """),
     ("code", """
 fig = view.heatmap(result)
-with pd.option_context("display.max_colwidth", None, "display.width", 250):
-    display(view.matrix_table(result))
+display(Markdown(markdown_table(view.matrix_summary(result), index=False)))
 """),
+    ("code", """
+display(Markdown("**The full matrix, with every utility measure's drop** (points, 95% intervals)"))
+display(Markdown(markdown_table(view.matrix_table(result), index=False)))
+""", ["hide-output"]),
     ("md", """
 ## Overlap of the four sets
 """),
     ("code", """
-display(view.overlap_table(result))
-"""),
-    ("md", """
-## Reading the result
-"""),
-    ("code", """
-display(Markdown(view.reading(result)))
+display(Markdown(markdown_table(view.overlap_table(result), index=False)))
 """),
 ]
 

@@ -32,32 +32,40 @@ judge = "auto"         # real models: "auto", "reference_nll", "strongreject"
 """),
     ("code", """
 from IPython.display import Markdown, display
-import pandas as pd
 
 from replication.experiments import generality, generality_render as view
+from replication.tables import markdown_table
 
 cfg = generality.GeneralityConfig.for_scale(model, scale, p=p, q=q, seeds=seeds, n_per_category=n_per_category,
                                             n_eval=n_eval, judge=judge)
 result = generality.run(cfg, progress=False)
-print(f"{model}, scale={scale}: p = {result['p']:g}, q = {result['q']:g}, {result['count']:,} weights per prune set; "
-      f"run took {result['seconds']:.0f} s ({result['evaluations']['evaluated']} states evaluated)")
+print(f"{model}, scale={scale}: p = {result['p']:g}, q = {result['q']:g}, {result['count']:,} weights per prune set")
+print(f"run took {result['seconds']:.0f} s ({result['evaluations']['evaluated']} states evaluated)")
 display(Markdown(view.setup_markdown(result)))
+"""),
+    ("md", """
+## The result
+"""),
+    ("code", """
+display(Markdown(view.reading(result)))
 """),
     ("md", """
 ## Transfer and overlap
 
-Left: the relative drop in harmfulness on the held-out prompts of each category (columns) when the weights found
-on one category (rows) are pruned; the diagonal is in-category pruning. Right: how much the pruned sets overlap
-(Jaccard index), with the overlap two random sets of the same per-matrix sizes would have in the title.
+Top: the relative drop in harmfulness on the held-out prompts of each category (columns) when the weights found
+on one category (rows) are pruned; the diagonal is in-category pruning. Bottom: how much the pruned sets overlap
+(Jaccard index), with the overlap two random sets of the same per-matrix sizes would have in the title. The same
+numbers with their intervals are folded below the figure.
 """),
     ("code", """
 fig = view.heatmaps(result)
 """),
     ("code", """
-with pd.option_context("display.max_colwidth", None, "display.width", 250):
-    display(view.transfer_table(result))
-    display(view.overlap_table(result))
-"""),
+display(Markdown("**Transfer matrix** (harm cut with its 95% interval; rows: pruned with, columns: measured on)"))
+display(Markdown(markdown_table(view.transfer_table(result))))
+display(Markdown("**Overlap of the pruned sets**"))
+display(Markdown(markdown_table(view.overlap_table(result), index=False)))
+""", ["hide-output"]),
     ("md", """
 ## Leave-one-out: the paper's claim, one row per category
 
@@ -67,25 +75,22 @@ intervals lie above random pruning's.
 """),
     ("code", """
 fig = view.loo_figure(result)
-with pd.option_context("display.max_colwidth", None, "display.width", 250):
-    display(view.loo_table(result))
+display(Markdown(markdown_table(view.loo_table(result))))
 """),
     ("md", """
 ## Utility of every prune set
 
-The drop of each utility measure in points (positive: worse) with its interval, so that a harm cut is never read
-off a broken model; the intersection row prunes only the weights every category's set shares.
+The drop of utility in points (positive: worse) with its interval, so that a harm cut is never read off a broken
+model: below, the worst measure per prune set; folded after it, every measure. The intersection row prunes only
+the weights every category's set shares.
 """),
     ("code", """
-with pd.option_context("display.max_colwidth", None, "display.width", 250):
-    display(view.utility_table(result))
-"""),
-    ("md", """
-## Reading the result
+display(Markdown(markdown_table(view.utility_summary(result))))
 """),
     ("code", """
-display(Markdown(view.reading(result)))
-"""),
+display(Markdown("**Every utility measure's drop, every prune set** (points, 95% intervals)"))
+display(Markdown(markdown_table(view.utility_table(result))))
+""", ["hide-output"]),
 ]
 
 if __name__ == "__main__":
