@@ -103,7 +103,8 @@ def curves_figure(result: dict[str, Any]):
     Right: the concentration curve of each member's harmful score mass, with the random diagonal."""
     import matplotlib.pyplot as plt
     s = result["summary"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.4))
+    # stacked at the text column's width, legends below their panel (never over a curve)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 10), layout="constrained")
     colors = {result["pair"]["aligned"]: "tab:blue", result["pair"]["unaligned"]: "tab:orange"}
     for m, pts in s["curves"].items():
         x = [c["count"] for c in pts]
@@ -115,7 +116,7 @@ def curves_figure(result: dict[str, Any]):
     a1.set_xlabel("zeroed weights (same per-matrix counts for both)")
     a1.set_ylabel("harm cut under prefilling (1 - pruned / unpruned)")
     a1.set_title("Harm cut against budget (95% intervals)")
-    a1.legend(loc="upper left", fontsize=9, frameon=True)
+    a1.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
     fr = result["concentration"]["fractions"]
     for m, curve in s["concentration_curves"].items():
         a2.plot(fr, curve, marker=".", color=colors[m], label=m)
@@ -125,8 +126,7 @@ def curves_figure(result: dict[str, Any]):
     a2.set_xlabel("top fraction of decoder weights (ranked over all matrices)")
     a2.set_ylabel("share of harmful score mass")
     a2.set_title("Concentration of the harmful score (seed mean)")
-    a2.legend(loc="upper left", fontsize=9)
-    fig.tight_layout()
+    a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, fontsize=8, frameon=False)
     return fig
 
 
@@ -148,7 +148,7 @@ def series_figure(result: dict[str, Any]):
     series = result["summary"]["series"]
     labels = [r["stage"].replace("organism-", "") for r in series]
     x = np.arange(len(series))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 9), layout="constrained")
     for ax, key, title in ((a1, "inside", "harmful top-q set inside the benign top-p set (lower: more separable)"),
                            (a2, "concentration_at_q", f"harmful score mass in the top {result['q']:.2g} of weights")):
         v = np.array([r[key]["value"] for r in series])
@@ -157,15 +157,14 @@ def series_figure(result: dict[str, Any]):
         ax.errorbar(x, v, yerr=[v - lo, hi - v], marker="o", capsize=3, color="tab:blue")
         if key == "inside":
             ax.plot(x, [r["inside_random"] for r in series], color="grey", ls="--", lw=1, label="random set")
-            ax.legend(loc="best", fontsize=9)
+            ax.legend(loc="upper right", fontsize=8, frameon=False)
         else:
             ax.axhline(result["q"], color="grey", ls="--", lw=1)
         ax.set_xticks(x, labels, rotation=30, ha="right")
         ax.set_title(title, fontsize=10)
         ax.set_ylim(bottom=0)
     a1.set_ylabel("share (seed mean, 95% interval over seeds)")
-    fig.suptitle("The organism's training-stage series: pretrained, base (instruction-tuned), through alignment")
-    fig.tight_layout()
+    fig.suptitle("Training-stage series: pretrained, base (instruction-tuned), through alignment", fontsize=11)
     return fig
 
 

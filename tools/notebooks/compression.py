@@ -36,7 +36,7 @@ judge = "auto"               # real models: "auto", "reference_nll", "strongreje
 """),
     ("code", """
 from IPython.display import Markdown, display
-import pandas as pd
+from replication.tables import markdown_table
 
 from replication.experiments import compression, compression_render as view
 
@@ -54,9 +54,8 @@ Each reading compares the two members; "favours" names the member whose interval
 or *undecided* when the interval holds no difference.
 """),
     ("code", """
-with pd.option_context("display.max_colwidth", None, "display.width", 250):
-    display(view.readings_frame(result))
-    display(view.fewest_weights_frame(result))
+display(Markdown(markdown_table(view.readings_frame(result))))
+display(Markdown(markdown_table(view.fewest_weights_frame(result))))
 display(Markdown(view.verdict_markdown(result)))
 """),
     ("md", """
@@ -76,7 +75,7 @@ most of the compression; its alignment is supervised refusal training.
     ("code", """
 if result["summary"]["series"]:
     fig = view.series_figure(result)
-    display(view.series_frame(result))
+    display(Markdown(markdown_table(view.series_frame(result))))
 else:
     print(result.get("series_skipped", "no stage series"))
 """),

@@ -24,7 +24,7 @@ qs = None              # the sweep (None: 5 values around the planted fraction)
 """),
     ("code", """
 from IPython.display import Markdown, display
-import pandas as pd
+from replication.tables import markdown_table
 
 from replication.experiments import positive_control as pc, positive_control_render as view
 
@@ -43,14 +43,13 @@ the planted model should carry it, keep refusing the world's own categories and 
 zeroes the planted set itself (what a perfect selection would prune).
 """),
     ("code", """
-display(view.states_frame(result))
+display(Markdown(markdown_table(view.states_frame(result))))
 """),
     ("md", """
 ## Finding 1's sweep on the planted category
 """),
     ("code", """
-with pd.option_context("display.max_colwidth", None, "display.width", 250):
-    display(view.sweep_frame(result))
+display(Markdown(markdown_table(view.sweep_frame(result))))
 display(Markdown(view.verdict_markdown(result)))
 """),
 ]
