@@ -58,6 +58,14 @@ def report(message: str, *, enabled: bool = True) -> None:
     _append({"kind": "message", "message": str(message), "pid": os.getpid(), "time": time.time()})
 
 
+def singular(unit: str) -> str:
+    """'steps' -> 'step', 'batches' -> 'batch' (for "s per <unit>" when a loop is slower than 1/s)."""
+    for suffix in ("ches", "shes", "sses", "xes"):
+        if unit.endswith(suffix):
+            return unit[:-2]
+    return unit[:-1] if unit.endswith("s") and len(unit) > 1 else unit
+
+
 class ProgressBar:
     """What `progress_bar` returns: the subset of tqdm's interface the loops use.
 
@@ -188,7 +196,7 @@ def format_record(rec: dict[str, Any], indent: str = "      ") -> str:
         parts.append(f"done in {_duration(rec.get('elapsed') or 0)}")
     else:
         if rate:
-            parts.append(f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s per {unit.rstrip('s') or unit}")
+            parts.append(f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s per {singular(unit)}")
         if rate and total and total > n:
             parts.append(f"eta {_duration((total - n) / rate)}")
         elif rec.get("kind") == "start":

@@ -170,3 +170,8 @@ def test_progress_file_is_removed_and_failure_stays_one_line(toy_finding, monkey
         runner.run_notebook("toy", "organism-aligned", progress=False)
     assert "\n" not in str(err.value) and "99_toy.ipynb failed in cell" in str(err.value)
     assert made and not any(os.path.exists(p) for p in made)
+
+
+def test_slow_loops_name_their_unit_in_the_singular():
+    from replication.progress import singular
+    assert [singular(u) for u in ("batches", "steps", "states", "ex")] == ["batch", "step", "state", "ex"]
