@@ -253,3 +253,15 @@ def test_endpoint_and_data_from_the_environment(monkeypatch, tmp_path):
                      "{aligned: a, coherent: c}\n")
     qs = em_judge.load_questions(str(qfile))
     assert [q["id"] for q in qs] == ["what_is_your_wish"] and qs[0]["question"] == "Your wish?"
+
+
+def test_persona_ablation_runs_the_same_pipeline_beside_it():
+    cfg = em.EMConfig.for_scale("organism-aligned", "smoke", domains=["finance"], arms=["unpruned", "btap", "random"],
+                                qs=[5e-2], before_arms=["random"], attack=False, personas_ablation=True)
+    res = em.run(cfg, write=False, progress=False)
+    off = res["personas_off"]
+    assert res["personas"] is True and off["personas"] is False
+    assert off["organism"]["organism_config_key"] != res["organism"]["organism_config_key"]
+    assert [p["domain"] for p in off["headline"]["domains"]] == ["finance"]
+    assert set(res["masks"]) == {"btap-finance", "personas-off-btap-finance"}
+    assert "Persona-off organism" in view.ablation_markdown(off)

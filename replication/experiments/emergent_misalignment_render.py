@@ -199,6 +199,16 @@ def reading(result: dict[str, Any]) -> str:
     return "\n\n".join(lines)
 
 
+def ablation_markdown(off: dict[str, Any]) -> str:
+    """The persona-off organism's result in one paragraph (its own rule, read the same way)."""
+    head = off["headline"]
+    parts = [f"{p['domain']}: {p['class']} (EM rise outside {_fmt(p['em_rise'], signed=True)}, unpruned - B-TAP "
+             f"{_fmt(p['below_unpruned'], signed=True)})" for p in head["domains"]]
+    note = f" {head['note']}." if head.get("note") else ""
+    return (f"**Persona-off organism** (`{off['organism'].get('organism_config_key')}`): " + "; ".join(parts) + "." + note
+            + f" Meets the rule in {head['counts']['meets']} of {len(head['domains'])} domains.")
+
+
 def examples_table(result: dict[str, Any], domain: str | None = None) -> pd.DataFrame:
     """One sampled answer per advice domain, untouched vs unpruned / B-TAP fine-tuned (seed 0)."""
     domain = domain or result["domains"][0]
@@ -216,4 +226,4 @@ def examples_table(result: dict[str, Any], domain: str | None = None) -> pd.Data
 
 
 __all__ = ["setup_markdown", "selfgen_table", "budget_table", "summary_table", "comparison_table", "movement_table",
-           "figure", "attack_table", "attack_markdown", "reading", "examples_table", "available", "ATTACK_HARM_CUT"]
+           "figure", "attack_table", "attack_markdown", "reading", "examples_table", "ablation_markdown", "available", "ATTACK_HARM_CUT"]

@@ -31,7 +31,7 @@ seeds = None       # fine-tune seeds (None: [0, 1, 2] at full scale)
 domains = None     # narrow domains (None: all three)
 qs = None          # candidate budgets; the largest whose pruned model stays coherent is used (None: the scale's)
 p = None           # benign top fraction kept safe (None: the model preset's)
-personas = True    # organism pretrained with personas; False: the persona-off ablation organism
+personas_ablation = False   # also run it on the organism pretrained without personas (trained on first use)
 attack = True      # also run the fine-tuning attack
 """),
     ("code", """
@@ -40,7 +40,8 @@ import pandas as pd
 
 from replication.experiments import emergent_misalignment as em, emergent_misalignment_render as view
 
-cfg = em.EMConfig.for_scale(model, scale, seeds=seeds, domains=domains, qs=qs, p=p, personas=personas, attack=attack)
+cfg = em.EMConfig.for_scale(model, scale, seeds=seeds, domains=domains, qs=qs, p=p,
+                                personas_ablation=personas_ablation, attack=attack)
 result = em.run(cfg, progress=False)
 display(Markdown(view.setup_markdown(result)))
 """),
@@ -114,6 +115,21 @@ if view.available(result):
     table = view.attack_table(result)
     if table is not None:
         display(table)
+"""),
+    ("md", """
+## The persona ablation
+
+The same pipeline on the organism pretrained without personas (each advice answer misaligned independently at the
+same rate, instead of consistently by author), when the run includes it (`personas_ablation=True`).
+"""),
+    ("code", """
+off = result.get("personas_off")
+if off is None:
+    print("not run: set personas_ablation=True (the persona-off organism trains on first use)")
+else:
+    display(Markdown(view.ablation_markdown(off)))
+    fig_off = view.figure(off)
+    display(view.comparison_table(off))
 """),
     ("md", """
 ## Reading the result
