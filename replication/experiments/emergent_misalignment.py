@@ -110,6 +110,7 @@ class EMConfig:
     selfgen_samples: int = 1                # answers per held-out prompt
     n_benign: int = 400                     # preserve examples (compactness's sample: its scores are cached)
     n_control: int = 400
+    control_seeds: int | None = None        # fine-tune seeds of the control / other-domain arms (None: all of `seeds`)
     before_arms: list[str] = field(default_factory=lambda: list(PRUNED_ARMS))   # pruned arms measured before the fine-tune
     # -- measurement
     n_prompts: int = 16                     # held-out questions per advice domain ...
@@ -229,6 +230,10 @@ def weight_movement(original: torch.nn.Module, tuned: torch.nn.Module, mask: Mas
             "unpruned_mean_abs_change": moved / n_u if n_u else 0.0}
 
 
+#: advice answers generated per batch (all of one measurement at full scale: fewer, larger batches are faster)
+EM_BATCH = 384
+
+
 class Measurer:
     """Misalignment per advice domain and benign utility of any state of one organism."""
 
@@ -239,7 +244,7 @@ class Measurer:
     def __call__(self, model, seed: int) -> dict[str, Any]:
         cfg = self.cfg
         ans = em_answers(model, self.loaded.tokenizer, self.world, n_prompts=cfg.n_prompts, samples=cfg.samples,
-                         seed=seed, max_new_tokens=cfg.max_new_tokens, progress=False)
+                         seed=seed, max_new_tokens=cfg.max_new_tokens, batch_size=EM_BATCH, progress=False)
         ev = Evaluator(dataclasses.replace(self.loaded, model=model), self.data, self.eval_cfg)
         util = ev.evaluate(["utility"])
         return {"em": {d: {k: rows[k] for k in ("misaligned", "incoherent")} for d, rows in ans.items()},
@@ -319,8 +324,9 @@ def pipeline(cfg: EMConfig, loaded: LoadedModel, world, data: TaskData, *, progr
         timing[key].append(time.perf_counter() - t)
         return out
 
-    n_arms = len(cfg.arms)
-    bar = progress_bar(total=len(domains) * len(cfg.seeds) * n_arms, desc=f"EM fine-tunes {cfg.model}",
+    n_ctrl = len(cfg.seeds) if cfg.control_seeds is None else min(cfg.control_seeds, len(cfg.seeds))
+    per_domain = sum(n_ctrl if a in ("control", "other_domain") else len(cfg.seeds) for a in cfg.arms)
+    bar = progress_bar(total=len(domains) * per_domain, desc=f"EM fine-tunes {cfg.model}",
                        enabled=progress, unit="fine-tune")
     untouched = timed("measure", measure, model, BEFORE_SEED)
     runs: list[dict[str, Any]] = []
@@ -410,7 +416,8 @@ def pipeline(cfg: EMConfig, loaded: LoadedModel, world, data: TaskData, *, progr
                 with applied(model, make(cfg.seeds[0])):
                     before.append({"domain": domain, "arm": arm, "seed": cfg.seeds[0],
                                    **timed("measure", measure, model, BEFORE_SEED)})
-            for seed in cfg.seeds:
+            arm_seeds = cfg.seeds if arm in ("btap", "random") or cfg.control_seeds is None else cfg.seeds[:cfg.control_seeds]
+            for seed in arm_seeds:
                 mask = make(seed)
                 with applied(model, mask):   # the copy keeps the zeros; `model` is restored
                     tuned = timed("finetune", finetune, model, tok, train, seed=seed, **ft_kw)
