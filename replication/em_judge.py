@@ -305,8 +305,6 @@ def _run_real_online(cfg, *, loaded=None, write: bool = True, progress: bool = T
     from .results import write_result
     from .self_generated import benign_preserve_set, is_refusal
     from .sweep import Sweep
-    from .measure import Evaluator
-    from .task_data import EvalSizes, RealDataConfig, task_data
 
     t0 = time.perf_counter()
     loaded = loaded or load_model(cfg.model, device="auto" if _cuda() else "cpu")
@@ -316,8 +314,7 @@ def _run_real_online(cfg, *, loaded=None, write: bool = True, progress: bool = T
     s = REAL_SETTINGS
     qs = cfg.qs if cfg.qs and max(cfg.qs) < 1e-3 else [s["q"]]
     p = cfg.p if cfg.p is not None else s["p"]
-    data = task_data(loaded, cfg.scale, EvalSizes(n_eval=1), RealDataConfig(n_pool=cfg.n_benign), progress=progress)
-    sweep = Sweep(loaded, Evaluator(loaded, data))
+    sweep = Sweep(loaded, None)   # scores and masks only: the LLM judge does the measuring here
     s_b = sweep.scores(benign_preserve_set(loaded.name, n=cfg.n_benign, progress=progress), score="abs", role="preserve")
     samples = cfg.samples if cfg.scale == "smoke" else s["samples_per_question"]
     gen = GenerationConfig(max_new_tokens=s["max_new_tokens"], do_sample=True, temperature=1.0, top_p=1.0,

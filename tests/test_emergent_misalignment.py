@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from replication import em_judge
-from replication.data import Example
 from replication.em_judge import ChatJudge, JudgeEndpoint, is_misaligned, parse_score, score_from_logprobs
 from replication.experiments import emergent_misalignment as em
 from replication.experiments import emergent_misalignment_render as view

@@ -58,7 +58,7 @@ from ..data import Example
 from ..em import BEFORE_SEED, em_answers
 from ..finetune import finetune
 from ..measure import EvalConfig, Evaluator
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..organism.judge import OrganismJudge
 from ..pruning import Mask, applied
