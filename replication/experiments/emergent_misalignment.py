@@ -261,6 +261,9 @@ def load_organism(scale: str, personas: bool = True, *, progress: bool = False) 
 
     from ..models import resolve_preset
     from ..organism import OrganismConfig, checkpoint_dir, get_world
+    if not progress:   # loading bars are noise in an executed notebook
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
     make = OrganismConfig.smoke if scale == "smoke" else OrganismConfig.full
     config = make(personas=personas)
     path = checkpoint_dir("organism-aligned", config, progress=progress)
