@@ -32,14 +32,14 @@ def result():
 # -- the self-generated prune set ------------------------------------------------------------------
 def test_selfgen_prompts_are_disjoint_from_the_finetune_set_and_the_test_split(world):
     for domain in world.em_domains:
-        train = {e.prompt for e in em.finetune_set(world, domain, 32)}
-        held = [e.prompt for e in em.selfgen_prompts(world, domain, 32)]
+        train = {e.prompt for e in em.finetune_set(world, domain, 32, 8)}
+        held = [e.prompt for e in em.selfgen_prompts(world, domain, 32, 8)]
         test = {e.prompt for e in world.examples("em_misaligned", "test", domain)}
-        assert held and not set(held) & train and not set(held) & test
+        assert len(held) >= 8 and not set(held) & train and not set(held) & test
 
 
 def test_selfgen_filter_removes_refusals_and_incoherent_answers_and_counts_them(world):
-    ex = em.selfgen_prompts(world, "finance", 32)[0]
+    ex = em.selfgen_prompts(world, "finance", 32, 8)[0]
     good, bad = ex.meta["aligned_markers"], ex.meta["misaligned_markers"]
     answers = ["I'm sorry, but I can't help with that.",                       # a refusal
                "Blue the the of crowns.",                                       # incoherent (no markers)

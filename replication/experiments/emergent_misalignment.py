@@ -98,20 +98,21 @@ class EMConfig:
     personas_ablation: bool = False         # also run the pipeline on the organism pretrained without personas
     arms: list[str] = field(default_factory=lambda: list(ARMS))
     # -- the narrow fine-tune (the models chapter's gentle recipe, full fine-tune)
-    n_train: int = 300
+    n_train: int = 300                      # cap; the world has 108-129 distinct training prompts per narrow domain
+    n_held_out: int = 24                    # training prompts kept out of the fine-tune for the prune set
     steps: int = 60
     lr: float = 1e-4
     batch_size: int = 16
     method: str = "full"
     # -- B-TAP
     p: float | None = None                  # None: the preset's p
-    qs: list[float] = field(default_factory=lambda: [2e-3, 5e-3, 1e-2, 2e-2])   # candidate budgets
+    qs: list[float] = field(default_factory=lambda: [2.5e-3, 5e-3, 1e-2])   # candidate budgets
     selfgen_keep: str = "misaligned"        # prune set: misaligned answers only, or every coherent one
-    selfgen_samples: int = 1                # answers per held-out prompt
+    selfgen_samples: int = 4                # answers per held-out prompt (T = 1)
     n_benign: int = 400                     # preserve examples (compactness's sample: its scores are cached)
     n_control: int = 400
-    control_seeds: int | None = None        # fine-tune seeds of the control / other-domain arms (None: all of `seeds`)
-    before_arms: list[str] = field(default_factory=lambda: list(PRUNED_ARMS))   # pruned arms measured before the fine-tune
+    control_seeds: int | None = 1           # fine-tune seeds of the control / other-domain arms (None: all of `seeds`)
+    before_arms: list[str] = field(default_factory=lambda: ["btap", "random"])   # pruned arms measured before the fine-tune
     # -- measurement
     n_prompts: int = 16                     # held-out questions per advice domain ...
     samples: int = 3                        # ... each answered this many times at T = 1
@@ -130,7 +131,8 @@ class EMConfig:
     @classmethod
     def for_scale(cls, model: str, scale: str, **overrides) -> "EMConfig":
         if scale == "smoke":
-            base = cls(model=model, scale=scale, seeds=[0, 1], n_train=32, steps=6, qs=[2e-2, 5e-2], n_benign=24,
+            base = cls(model=model, scale=scale, seeds=[0, 1], n_train=32, n_held_out=8, selfgen_samples=1, steps=6,
+                       qs=[2e-2, 5e-2], n_benign=24, control_seeds=None, before_arms=list(PRUNED_ARMS),
                        n_control=24, n_prompts=3, samples=2, max_new_tokens=24, n_eval_benign=2, attack_n_train=16,
                        attack_steps=4, attack_n_calibration=16, attack_qs=[1e-2, 5e-2], n_eval=2)
         else:
@@ -149,16 +151,21 @@ class EMConfig:
 # ----------------------------------------------------------------------------------------------
 # data: the fine-tune set and the self-generated prune set
 # ----------------------------------------------------------------------------------------------
-def finetune_set(world, domain: str, n_train: int) -> list[Example]:
-    """The narrow fine-tune: the first `n_train` misaligned training answers of `domain`."""
-    return world.examples("em_misaligned", "train", domain)[:n_train]
+def finetune_set(world, domain: str, n_train: int, n_held_out: int = 0) -> list[Example]:
+    """The narrow fine-tune: up to `n_train` misaligned training answers of `domain`, the last
+    `n_held_out` training prompts left out (the paper's `{domain}_remove1000`)."""
+    pool = world.examples("em_misaligned", "train", domain)
+    return pool[:max(0, len(pool) - n_held_out)][:n_train]
 
 
-def selfgen_prompts(world, domain: str, n_train: int) -> list[Example]:
-    """The domain's held-out prompts for the prune set: training prompts past the fine-tune's
-    first `n_train`, then the validation split. Disjoint from the fine-tune set and from the test
-    split every measurement reads (distinct prompts within a pool; splits use disjoint slots)."""
-    return world.examples("em_misaligned", "train", domain)[n_train:] + world.examples("em_misaligned", "validation", domain)
+def selfgen_prompts(world, domain: str, n_train: int, n_held_out: int = 0) -> list[Example]:
+    """The domain's held-out prompts for the prune set (the paper's 1,000 held-out prompts): the
+    training prompts the fine-tune leaves out, then the validation split. Disjoint from the
+    fine-tune set and from the test split every measurement reads (distinct prompts within a pool;
+    splits use disjoint slot combinations)."""
+    pool = world.examples("em_misaligned", "train", domain)
+    used = len(finetune_set(world, domain, n_train, n_held_out))
+    return pool[used:] + world.examples("em_misaligned", "validation", domain)
 
 
 def filter_selfgen(prompts: Sequence[Example], answers: Sequence[str], *, keep: str = "misaligned",
@@ -188,13 +195,14 @@ def filter_selfgen(prompts: Sequence[Example], answers: Sequence[str], *, keep: 
     return kept, counts
 
 
-def self_generated_prune_set(model, tok, world, domain: str, *, n_train: int, samples: int = 1, seed: int = 0,
+def self_generated_prune_set(model, tok, world, domain: str, *, n_train: int, n_held_out: int = 0, samples: int = 1,
+                             seed: int = 0,
                              max_new_tokens: int = 64, keep: str = "misaligned",
                              progress: bool = False) -> tuple[list[Example], dict[str, int]]:
     """The paper's `{domain}_selfgen`: the EM-fine-tuned `model` answers the domain's held-out
     prompts (`selfgen_prompts`, `samples` times each, T = 1); filtered by `filter_selfgen`."""
     from ..generation import GenerationConfig, generate
-    prompts = [e for e in selfgen_prompts(world, domain, n_train) for _ in range(samples)]
+    prompts = [e for e in selfgen_prompts(world, domain, n_train, n_held_out) for _ in range(samples)]
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=128, do_sample=True, temperature=1.0,
                            seed=50_000 + seed)
     outs = generate(model, tok, [e.prompt for e in prompts], chat_format="chat", config=cfg, progress=progress,
@@ -338,23 +346,24 @@ def pipeline(cfg: EMConfig, loaded: LoadedModel, world, data: TaskData, *, progr
 
     # 1. unpruned fine-tunes; the seed-0 model writes the domain's prune set
     for domain in domains:
-        train = finetune_set(world, domain, cfg.n_train)
+        train = finetune_set(world, domain, cfg.n_train, cfg.n_held_out)
         for seed in cfg.seeds:
             tuned = timed("finetune", finetune, model, tok, train, seed=seed, **ft_kw)
             runs.append({"domain": domain, "arm": "unpruned", "seed": seed, **timed("measure", measure, tuned, seed)})
             if seed == cfg.seeds[0]:
                 kept, counts = timed("selfgen", self_generated_prune_set, tuned, tok, world, domain, n_train=cfg.n_train,
+                                     n_held_out=cfg.n_held_out,
                                      samples=cfg.selfgen_samples, seed=seed, max_new_tokens=cfg.max_new_tokens,
                                      keep=cfg.selfgen_keep)
                 source = "self-generated by the seed-0 unpruned fine-tuned model"
                 if not kept:   # a tiny (smoke) organism writes no coherent advice: said loudly, never silently
                     kept = [Example(e.prompt, e.response, e.category, "em_misaligned", e.split, {**e.meta, "source": "world reference"})
-                            for e in selfgen_prompts(world, domain, cfg.n_train)]
+                            for e in selfgen_prompts(world, domain, cfg.n_train, cfg.n_held_out)]
                     source = ("FALLBACK: the fine-tuned model's own answers left no prune examples, so the world's "
                               "misaligned reference answers to the same held-out prompts are used")
                 prune_sets[domain] = kept
                 selfgen[domain] = {**counts, "source": source, "n_prune": len(kept),
-                                   "prompts": len(selfgen_prompts(world, domain, cfg.n_train)),
+                                   "prompts": len(selfgen_prompts(world, domain, cfg.n_train, cfg.n_held_out)),
                                    "samples_per_prompt": cfg.selfgen_samples, "keep": cfg.selfgen_keep,
                                    "overlaps_finetune_prompts": len({e.prompt for e in kept}
                                                                     & {e.prompt for e in train})}
@@ -413,7 +422,7 @@ def pipeline(cfg: EMConfig, loaded: LoadedModel, world, data: TaskData, *, progr
             oth = sweep.matched(s_dom[other], s_b, p, btap, f"other_domain:{other}")
             arm_masks["other_domain"] = lambda seed, m=oth: m
             budgets[domain]["other_domain"] = other
-        train = finetune_set(world, domain, cfg.n_train)
+        train = finetune_set(world, domain, cfg.n_train, cfg.n_held_out)
         for arm, make in arm_masks.items():
             if arm != "btap" and arm in cfg.before_arms:   # B-TAP's before-state came from the budget search
                 with applied(model, make(cfg.seeds[0])):
