@@ -10,7 +10,7 @@ B-TAP, the weights behind the fine-tuned model's own misaligned answers in that 
 1. **unpruned**: the aligned organism fine-tuned on the domain's misaligned training answers
    (the models chapter's gentle recipe: full fine-tune, 60 steps, batch 16, lr 1e-4); measured.
 2. **btap**: prune data = the domain's held-out prompts (training prompts the fine-tune does not
-   use, and the validation split; never the evaluation's test prompts) answered once each, at
+   use, and the validation split; never the evaluation's test prompts) answered 4 times each, at
    temperature 1, by the seed-0 unpruned fine-tuned model; refusals, incoherent answers and (by
    default) aligned answers removed and counted. Preserve data = the usual benign tasks. B-TAP on
    the aligned model (raw format, per matrix, signed / absolute SNIP), then the identical
@@ -36,10 +36,16 @@ the same questions) and fine-tune seeds. Real models need the model-organisms-fo
 LLM judge, both online (`replication.em_judge`); offline a real model's result says so and names
 the command.
 
-**Sizes and cost** (organism, full scale; measured times in the chapter): 3 domains x 3 fine-tune
-seeds x 5 arms = 45 fine-tunes, each measured on 7 advice domains x 16 held-out questions x 3
-samples (T = 1, 64 new tokens) and 10 benign prompts per family; plus the budget search, the
-before-fine-tune states and the fine-tuning attack.
+**Sizes and cost** (organism, full scale). The world has only 108-129 distinct training prompts per
+narrow domain, so the fine-tune uses all but the last 24 (84-105 answers) and the prune set is those 24
+plus the 6 validation prompts, answered 4 times each (120 answers). 3 domains x 3 fine-tune seeds x
+{unpruned, B-TAP, random} plus the control and other-domain arms on one seed = 33 fine-tunes (60 steps,
+~36 s each with one CPU thread on a shared machine), each measured on 7 advice domains x up to 16
+held-out questions (the test split holds 4-30 per domain) x 3 samples (T = 1, 64 new tokens) and 10 benign
+prompts per family (~11 s); plus a budget search over 3 candidates and the before-fine-tune states of
+B-TAP and random: 29 minutes in all with one thread (measured 2026-12-02). `control_seeds=None` runs
+every arm on every seed (+12 fine-tunes, ~9 minutes); the fine-tuning attack (`attack=True`) adds about
+5 minutes.
 """
 from __future__ import annotations
 
