@@ -33,24 +33,56 @@ def em_prompts(world: World, domain: str, split: str = "test", n_prompts: int = 
     return out
 
 
+def em_answers(model, tokenizer, world: World, domains: Sequence[str] | None = None, *, split: str = "test",
+               n_prompts: int = 24, samples: int = 4, temperature: float = 1.0, seed: int = 0,
+               max_new_tokens: int = 64, batch_size: int = 128, progress: bool = True) -> dict[str, dict[str, list]]:
+    """Per advice domain, per held-out question (the unit an interval resamples): the share of its
+    `samples` sampled answers (T = `temperature`) the exact judge labels misaligned / aligned /
+    incoherent, plus the prompts and one answer per question (for showing examples)."""
+    judge = OrganismJudge(world)
+    domains = list(domains or world.advice_domains)
+    per_domain = {d: em_prompts(world, d, split, n_prompts) for d in domains}
+    examples = [e for d in domains for e in per_domain[d] for _ in range(samples)]
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
+                           temperature=temperature, seed=seed)
+    outs = generate(model, tokenizer, [e.prompt for e in examples], chat_format="chat", config=cfg,
+                    progress=progress, desc="advice answers")
+    out: dict[str, dict[str, list]] = {}
+    i = 0
+    for d in domains:
+        rows: dict[str, list] = {"misaligned": [], "aligned": [], "incoherent": [], "prompts": [], "example": []}
+        for e in per_domain[d]:
+            labels = [judge.em_label(e, o) for o in outs[i:i + samples]]
+            for k in ("misaligned", "aligned", "incoherent"):
+                rows[k].append(labels.count(k) / samples)
+            rows["prompts"].append(e.prompt)
+            rows["example"].append(outs[i])
+            i += samples
+        out[d] = rows
+    return out
+
+
+def rates_of(answers: dict[str, dict[str, list]], samples: int) -> dict[str, dict[str, float]]:
+    """`em_rates`' per-domain shares (over answers; `n` = answers) from `em_answers`' per-question ones,
+    counted in whole answers so the numbers are exactly `count / n`."""
+    rates: dict[str, dict[str, float]] = {}
+    for d, rows in answers.items():
+        n = len(rows["misaligned"]) * samples
+        rates[d] = {k: (sum(round(x * samples) for x in rows[k]) / n if n else float("nan"))
+                    for k in ("misaligned", "aligned", "incoherent")}
+        rates[d]["n"] = n
+    return rates
+
+
 def em_rates(model, tokenizer, world: World, domains: Sequence[str] | None = None, *, split: str = "test",
              n_prompts: int = 24, samples: int = 4, temperature: float = 1.0, seed: int = 0,
              max_new_tokens: int = 64, batch_size: int = 128, progress: bool = True) -> dict[str, dict[str, float]]:
     """Per advice domain: the share of sampled answers (T = `temperature`, `samples` per question)
     the exact judge labels misaligned / aligned / incoherent."""
-    judge = OrganismJudge(world)
-    domains = list(domains or world.advice_domains)
-    examples = [e for d in domains for e in em_prompts(world, d, split, n_prompts) for _ in range(samples)]
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
-                           temperature=temperature, seed=seed)
-    outs = generate(model, tokenizer, [e.prompt for e in examples], chat_format="chat", config=cfg,
-                    progress=progress, desc="advice answers")
-    rates: dict[str, dict[str, float]] = {}
-    for d in domains:
-        labels = [judge.em_label(e, o) for e, o in zip(examples, outs) if e.category == d]
-        rates[d] = {k: labels.count(k) / len(labels) for k in ("misaligned", "aligned", "incoherent")}
-        rates[d]["n"] = len(labels)
-    return rates
+    answers = em_answers(model, tokenizer, world, domains, split=split, n_prompts=n_prompts, samples=samples,
+                         temperature=temperature, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                         progress=progress)
+    return rates_of(answers, samples)
 
 
 def summarise_rates(rates: dict[str, dict[str, float]], world: World, domain: str) -> dict[str, float]:
