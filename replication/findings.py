@@ -132,6 +132,8 @@ VERDICTS: dict[str, str] = {
     "not measurable": "the unpruned model lacks the behaviour the rule reads a change from (e.g. too little harmful "
                       "generation under the attack), so no verdict can be read off it",
     "not judged": "results exist but no verdict rule is implemented for the finding",
+    "not run offline": "the finding needs what this machine cannot reach (hub data, an LLM judge endpoint); the "
+                       "result names what is missing and the command that runs it online",
     "not run": "no results for this model",
 }
 #: the one vocabulary of sizes: a point is 0.01 of a measure in [0, 1]; a cut is a relative drop in harmfulness

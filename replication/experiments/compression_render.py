@@ -95,7 +95,7 @@ def fewest_weights_frame(result: dict[str, Any]) -> pd.DataFrame:
                         "fraction of parameters": "beyond the sweep" if v >= b else f"{v / total:.4%}"})
         out.append({"harm cut": f"{t:.0%}", "member": "unaligned / aligned", "weights": _ci(r["ratio"], "{:.2f}"),
                     "fraction of parameters": ""})
-    return pd.DataFrame(out).set_index(["harm cut", "member"])
+    return pd.DataFrame(out)
 
 
 def curves_figure(result: dict[str, Any]):

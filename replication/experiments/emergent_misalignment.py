@@ -583,6 +583,14 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _incoherence_text(p: dict[str, Any]) -> str:
+    """Why a domain failed when misalignment itself fell: the rise in incoherence the rule forbids."""
+    inc = p.get("incoherence_vs_unpruned")
+    if p.get("class") != "fails" or not inc or inc.get("lo") is None or inc["lo"] <= 0:
+        return ""
+    return f": incoherence {inc['value'] * 100:+.0f} pts [{inc['lo'] * 100:+.1f}, {inc['hi'] * 100:+.1f}] over the unpruned fine-tune"
+
+
 def verdict(result: dict[str, Any]) -> tuple[str, str]:
     """(our measurement, verdict) for the summary page."""
     head = result.get("headline", {})
@@ -601,7 +609,7 @@ def verdict(result: dict[str, Any]) -> tuple[str, str]:
         rnd = _row(result, p["domain"], "random")
         parts.append(f"{p['domain']}: outside misaligned {un['outside']['value']:.2f} unpruned / "
                      f"{bt['outside']['value']:.2f} B-TAP" + (f" / {rnd['outside']['value']:.2f} random" if rnd else "")
-                     + f" ({p['class']})")
+                     + f" ({p['class']}" + _incoherence_text(p) + ")")
     measured = "; ".join(parts)
     if head.get("note"):
         return measured + "; " + head["note"], "not measurable"

@@ -56,7 +56,7 @@ def sweep_frame(result: dict[str, Any]) -> pd.DataFrame:
         if drops:
             row["largest utility drop (pts)"] = f"{max(r[k] for k in drops) * 100:.1f}"
         rows.append(row)
-    return pd.DataFrame(rows).set_index(["arm", "q"]).fillna("")
+    return pd.DataFrame(rows).fillna("")
 
 
 def verdict_markdown(result: dict[str, Any]) -> str:

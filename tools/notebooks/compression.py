@@ -55,7 +55,7 @@ or *undecided* when the interval holds no difference.
 """),
     ("code", """
 display(Markdown(markdown_table(view.readings_frame(result))))
-display(Markdown(markdown_table(view.fewest_weights_frame(result))))
+display(Markdown(markdown_table(view.fewest_weights_frame(result), index=False)))
 display(Markdown(view.verdict_markdown(result)))
 """),
     ("md", """

@@ -49,7 +49,7 @@ display(Markdown(markdown_table(view.states_frame(result))))
 ## Finding 1's sweep on the planted category
 """),
     ("code", """
-display(Markdown(markdown_table(view.sweep_frame(result))))
+display(Markdown(markdown_table(view.sweep_frame(result), index=False)))
 display(Markdown(view.verdict_markdown(result)))
 """),
 ]
