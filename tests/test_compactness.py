@@ -16,7 +16,7 @@ from replication.experiments import compactness_render as view
 from replication.experiments.compactness import ARMS, CompactnessConfig, classify, headline, run
 from replication.findings import FINDINGS
 from replication.judges import get_judge
-from replication.models import PRESETS, LoadedModel, Preset
+from replication.models import resolve_preset, PRESETS, LoadedModel, Preset
 from replication.pruning import Mask, matched_count_mask
 from replication.task_data import TaskData, reference_model_for, resolve_harm_judge
 
@@ -353,4 +353,7 @@ def test_real_scale_sizes_and_reference_models():
     assert ref("smollm2-135m-instruct-safety") == "smollm2-135m-instruct"
     assert ref("smollm2-135m-instruct") == "smollm2-135m-instruct"
     assert ref("llama-3.1-8b-instruct") == "llama-3.1-8b"
-    assert ref("mistral-7b-instruct-v0.3") == "mistral-7b-instruct-v0.3"
+    assert ref("mistral-7b-instruct-v0.3") == "mistral-7b-v0.3"   # its base counterpart, as for Llama
+    assert ref("olmo-3-7b-instruct-dpo") == "olmo-3-7b"
+    generic = LoadedModel("some-org/some-model", None, None, resolve_preset("some-org/some-model"))
+    assert reference_model_for(generic)[0] == "some-org/some-model"   # no counterpart: itself
