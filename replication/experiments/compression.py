@@ -138,6 +138,12 @@ def separability(prune: Mapping[str, torch.Tensor], preserve: Mapping[str, torch
             "q_size": n_q, "p_size": n_p}
 
 
+def curve_and_at(prune: Mapping[str, torch.Tensor], q: float) -> tuple[list[float], float]:
+    """Reading 5's curve and its value at `q`, from one ranking of the scores."""
+    values = concentration(prune, list(CONCENTRATION_FRACTIONS) + [q])
+    return values[:-1], values[-1]
+
+
 def concentration(prune: Mapping[str, torch.Tensor], fractions: Sequence[float] = CONCENTRATION_FRACTIONS) -> list[float]:
     """Share of the harmful score mass held by the top `fraction` of weights (ranked over all
     matrices together). The mass is the positive part of the negated signed score: a weight counts
@@ -270,8 +276,9 @@ def _series_readings(cfg: CompressionConfig, aligned: LoadedModel, data: TaskDat
             kw = dict(batch_size=batch_size, digest=digest)
             prune = cached_scores(model, tok, TaskData.sample(data.harmful_pool, n, seed), score="signed", role="prune", **kw)
             ben = cached_scores(model, tok, TaskData.sample(data.benign_pool, n, seed), score="abs", role="preserve", **kw)
+            curve, at_q = curve_and_at(prune, q)
             out.append({"stage": label, "align_fraction": position, "seed": seed, **separability(prune, ben, p, q),
-                        "concentration": concentration(prune), "concentration_at_q": concentration(prune, [q])[0]})
+                        "concentration": curve, "concentration_at_q": at_q})
             bar.update(1)
         del model
     bar.close()
@@ -353,8 +360,8 @@ def run(cfg: CompressionConfig, *, members: Mapping[str, Member] | None = None, 
         {"member": m.name, "seed": seed, "q": q, **separability(*m.scores(seed), p, q)}
         for m in (A, B) for seed in cfg.seeds for q in qs]
     result["concentration"] = {"fractions": list(CONCENTRATION_FRACTIONS), "rows": [
-        {"member": m.name, "seed": seed, "curve": concentration(m.scores(seed)[0]),
-         "at_q": concentration(m.scores(seed)[0], [q_ref])[0]} for m in (A, B) for seed in cfg.seeds]}
+        {"member": m.name, "seed": seed, **dict(zip(("curve", "at_q"), curve_and_at(m.scores(seed)[0], q_ref)))}
+        for m in (A, B) for seed in cfg.seeds]}
     has_series = A.loaded.preset.source == "organism" or bool(series_checkpoints(cfg, A.loaded))
     if cfg.series and has_series:
         result["series"] = _series_readings(cfg, A.loaded, A.data, p, q_ref, A.sweep.batch_size, progress)
