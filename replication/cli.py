@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .device import DEVICES_HELP
 from .findings import FINDINGS
+from .scales import SCALES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -16,7 +18,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default=None, help="preset name, hub id or local folder (default: organism-aligned)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (repeatable), e.g. -p q=1e-3")
-    run.add_argument("--scale", choices=("full", "smoke"), default="full", help="full for the book, smoke for tests")
+    run.add_argument("--scale", choices=SCALES, default="full",
+                     help="full: the book's sizes (2 CPU cores); paper: the paper's sizes (a GPU); smoke: tests")
+    run.add_argument("--device", default="auto",
+                     help=f"where models run: {DEVICES_HELP}; recorded in every result")
     run.add_argument("--force", action="store_true", help="re-execute even if a cached run matches")
     run.add_argument("--no-progress", action="store_true")
     book = sub.add_parser("book", help="build the Jupyter Book into _build/html from the executed notebooks")
@@ -33,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             from .models import DEFAULT_MODEL
             from .runner import parse_parameters, run
             run(args.finding, args.model or DEFAULT_MODEL, parse_parameters(args.param), scale=args.scale,
-                force=args.force, progress=not args.no_progress)
+                force=args.force, progress=not args.no_progress, device=args.device)
         elif args.command == "book":
             from .book import build
             index = build(args.models.split() or None, strict=not args.no_strict)

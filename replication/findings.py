@@ -35,6 +35,14 @@ class Finding:
         return getattr(importlib.import_module(self.experiment), "size_note", None)
 
     @property
+    def config_class(self) -> Optional[type]:
+        """The experiment's config dataclass (`CONFIG`): every field is a size or setting that
+        `-p field=value` can set, routed by the runner into the notebook's `config` parameter."""
+        if self.experiment is None:
+            return None
+        return getattr(importlib.import_module(self.experiment), "CONFIG", None)
+
+    @property
     def verdict(self) -> Optional[Callable[[dict], tuple[str, str]]]:
         """results -> (our measurement, verdict), the experiment module's own `verdict`."""
         if self.experiment is None:

@@ -17,6 +17,9 @@ from typing import Any, Callable
 
 import torch
 
+from .device import Placement, plan, resolve_device, weight_dtype
+from .scales import check_scale
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -131,6 +134,7 @@ class LoadedModel:
     tokenizer: Any
     preset: Preset
     extra: dict = field(default_factory=dict)
+    placement: dict = field(default_factory=dict)   # device.Placement.to_dict(): device, dtype, why
 
     @property
     def chat_format(self) -> str:
@@ -193,32 +197,32 @@ def _recorded_name(folder: Path) -> str | None:
         return None
 
 
-def _load_organism(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
+def _load_organism(preset: Preset, scale: str, place: Placement) -> tuple[Any, Any, dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import organism
     config = organism.OrganismConfig.smoke() if scale == "smoke" else organism.OrganismConfig.full()
     path = organism.checkpoint_dir(preset.name, config)
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(place)).to(place.device)
     return model, tok, {"path": str(path), "organism_config_key": config.key(), "scale": scale}
 
 
-def _load_smollm2(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
+def _load_smollm2(preset: Preset, scale: str, place: Placement) -> tuple[Any, Any, dict]:
     from . import smollm2
     if preset.name in DERIVED:   # the safety counterpart: its recipe's folder, built on first use
-        model, tok = smollm2.load_folder(builder_for(preset.name)(), device=device, dtype=dtype or torch.float32)
+        model, tok = smollm2.load_folder(builder_for(preset.name)(), device=place.device, dtype=_dtype(place))
         return model, tok, {"variant": "safety"}
-    model, tok = smollm2.load_smollm2("instruct", device=device, dtype=dtype or torch.float32)
+    model, tok = smollm2.load_smollm2("instruct", device=place.device, dtype=_dtype(place))
     return model, tok, {"variant": "instruct"}
 
 
-def _load_hub(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any, dict]:
+def _load_hub(preset: Preset, scale: str, place: Placement) -> tuple[Any, Any, dict]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     target = preset.hub_id or preset.name
-    kwargs: dict[str, Any] = {"dtype": dtype or (torch.bfloat16 if device != "cpu" else torch.float32)}
-    if device == "auto":
-        kwargs["device_map"] = "auto"
+    kwargs: dict[str, Any] = {"dtype": _dtype(place)}
+    if place.device_map:
+        kwargs["device_map"] = place.device_map
     try:
         tok = AutoTokenizer.from_pretrained(target)
         model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
@@ -227,29 +231,52 @@ def _load_hub(preset: Preset, scale: str, device: str, dtype) -> tuple[Any, Any,
             f"could not load {target!r} ({str(err).splitlines()[0]}): check the id, run `huggingface-cli login` "
             f"for gated models, or use an offline preset ({', '.join(p for p, v in PRESETS.items() if v.source != 'hub')})"
         ) from err
-    if device not in ("auto", "cpu"):
-        model = model.to(device)
+    if not place.device_map and place.device != "cpu":
+        model = model.to(place.device)
     return model, tok, {"hub_id": target}
+
+
+def _dtype(place: Placement) -> torch.dtype:
+    return getattr(torch, place.dtype)
+
+
+def hub_weight_bytes(target: str, dtype: torch.dtype) -> int | None:
+    """About how many bytes `target`'s weights take in `dtype`, from its config alone (the model is
+    built on the meta device: nothing is allocated or downloaded beyond config.json); None if unknown."""
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        config = AutoConfig.from_pretrained(target)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+        return sum(p.numel() for p in skeleton.parameters()) * torch.empty((), dtype=dtype).element_size()
+    except Exception:  # noqa: BLE001 - only a sizing hint: an unknown size means "assume it fits"
+        return None
 
 
 LOADERS: dict[str, Callable] = {"organism": _load_organism, "smollm2": _load_smollm2, "hub": _load_hub}
 
 
-def load_model(name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype=None, scale: str = "full") -> LoadedModel:
-    """Load a model by preset name, hub id or folder.
+def load_model(name: str = DEFAULT_MODEL, *, device: str | None = "auto", dtype=None, scale: str = "full") -> LoadedModel:
+    """Load a model by preset name, hub id or folder, placed by `device.plan`.
 
-    `scale` only matters for the organism: "full" is the book's organism, "smoke" a tiny one
-    trained in about a minute for tests. `device="auto"` shards a hub model with accelerate.
+    `device`: "auto" (CUDA when present, else CPU; a hub model too big for one GPU is sharded with
+    `device_map="auto"`), "cpu", "cuda" or "cuda:N"; `dtype` overrides the precision (default: bf16
+    for hub models on CUDA, fp32 otherwise). `scale` only matters for the organism: "smoke" is a tiny
+    organism trained in about a minute for tests, "full" and "paper" the book's organism.
+    `LoadedModel.placement` records what was chosen and why.
     """
-    if scale not in ("full", "smoke"):
-        raise ValueError(f"scale must be 'full' or 'smoke', got {scale!r}")
+    check_scale(scale)
     preset = resolve_preset(name)
     name = canonical_name(name)
     if preset.description == GENERIC:
         from .progress import report
         report(f"{name}: {GENERIC}")
-    model, tok, extra = LOADERS[preset.source](preset, scale, device, dtype)
+    n_bytes = None
+    if preset.source == "hub" and resolve_device(device) != "cpu":
+        n_bytes = hub_weight_bytes(preset.hub_id or preset.name, dtype or weight_dtype("hub", "cuda"))
+    place = plan(preset.source, device, n_bytes=n_bytes, dtype=dtype)
+    model, tok, extra = LOADERS[preset.source](preset, scale, place)
     model.eval()
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(name=name, model=model, tokenizer=tok, preset=preset, extra=extra)
+    return LoadedModel(name=name, model=model, tokenizer=tok, preset=preset, extra=extra, placement=place.to_dict())

@@ -126,7 +126,8 @@ def load_harmbench(split: str | None = None) -> list[Example]:
     return _filter_split(out, split)
 
 
-HARMFUL_SOURCES = {"donotanswer": load_donotanswer, "harmbench": load_harmbench}
+HARMFUL_SOURCES = {"donotanswer": load_donotanswer, "harmbench": load_harmbench,
+                   "advbench": lambda split=None: load_advbench(split=split)}   # the hub (online users)
 
 
 def load_harmful(sources: Iterable[str] = ("donotanswer", "harmbench"), split: str | None = None) -> list[Example]:
@@ -134,8 +135,8 @@ def load_harmful(sources: Iterable[str] = ("donotanswer", "harmbench"), split: s
     out, seen = [], set()
     for name in sources:
         if name not in HARMFUL_SOURCES:
-            raise ValueError(f"unknown harmful source {name!r}; offline sources: {', '.join(HARMFUL_SOURCES)} "
-                             "(AdvBench / HEx-PHI need the hub: load_advbench(), load_hexphi())")
+            raise ValueError(f"unknown harmful source {name!r}; sources: {', '.join(HARMFUL_SOURCES)} "
+                             "(advbench needs the hub; HEx-PHI: load_hexphi())")
         for ex in HARMFUL_SOURCES[name](split=split):
             if ex.prompt not in seen:
                 seen.add(ex.prompt)

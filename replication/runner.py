@@ -7,6 +7,7 @@ metadata. A failing cell stops the run with a one-line error naming the notebook
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import progress as _progress
+from .device import DeviceError, resolve_device
 from .findings import FINDINGS, finding
+from .scales import SCALES
 from .paths import PACKAGE_DIR, REPO_ROOT, results_dir, safe_name
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
@@ -177,12 +180,11 @@ class RunOutcome:
     seconds: float
 
 
-def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
-                 force: bool = False, progress: bool = True) -> RunOutcome:
-    """Execute one finding's notebook for `model`; reuse the executed copy if nothing changed."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
+def notebook_params(key: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+                    device: str = "auto") -> dict[str, Any]:
+    """The papermill parameters of one run, checked: `-p` names a notebook parameter or a field of
+    the finding's config (routed into the notebook's `config` dict, so every size can be raised);
+    anything else is an error that lists both."""
     fnd = finding(key)
     src = NOTEBOOK_DIR / fnd.notebook
     if not src.exists():
@@ -191,15 +193,46 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
                        f"run one of: {', '.join(f.key for f in available_findings())}")
     params = dict(params or {})
     declared = notebook_parameters(src)
+    config_fields = set(f.name for f in dataclasses.fields(fnd.config_class)) if fnd.config_class else set()
+    routed = {k: params.pop(k) for k in sorted(set(params) - set(declared)) if k in config_fields and "config" in declared}
     unknown = sorted(set(params) - set(declared))
     if unknown:
-        raise RunError(f"{fnd.notebook} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(declared)}")
+        fields = f"; or any field of {fnd.config_class.__name__}: {', '.join(sorted(config_fields))}" if routed or config_fields else ""
+        raise RunError(f"{fnd.notebook} has no parameter(s) {', '.join(unknown)}; valid: {', '.join(declared)}{fields}")
+    if routed:
+        config = dict(params.get("config") or {})
+        clash = sorted(set(config) & set(routed))
+        if clash:
+            raise RunError(f"{', '.join(clash)} given both as -p and inside -p config=...: give each once")
+        params["config"] = {**config, **routed}
     if "model" in params and params["model"] != model:
         raise RunError(f"give the model with --model, not -p model=... (got --model {model} and -p model={params['model']})")
     scale = str(params.pop("scale", scale))   # -p scale=smoke is the same as --scale smoke
-    if scale not in ("full", "smoke"):
-        raise RunError(f"scale must be 'full' or 'smoke', got {scale!r}")
+    if scale not in SCALES:
+        raise RunError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
+    device = str(params.pop("device", device))
+    try:
+        resolve_device(device)   # `--device cuda` without CUDA fails here, before any work
+    except DeviceError as err:
+        raise RunError(str(err)) from None
     params.update(model=model, scale=scale)
+    if "device" in declared:
+        params["device"] = device
+    elif device != "auto":
+        raise RunError(f"{fnd.notebook} has no device parameter")
+    return params
+
+
+def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+                 force: bool = False, progress: bool = True, device: str = "auto") -> RunOutcome:
+    """Execute one finding's notebook for `model`; reuse the executed copy if nothing changed."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    fnd = finding(key)
+    src = NOTEBOOK_DIR / fnd.notebook
+    params = notebook_params(key, model, params, scale=scale, device=device)
+    scale = params["scale"]
     out_dir = results_dir(model)
     out = out_dir / fnd.notebook
     key_material = json.dumps({"nb": hashlib.sha256(src.read_bytes()).hexdigest(), "params": params,
@@ -265,10 +298,14 @@ def available_findings() -> list:
 
 
 def run(target: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
-        force: bool = False, progress: bool = True) -> list[RunOutcome]:
+        force: bool = False, progress: bool = True, device: str = "auto") -> list[RunOutcome]:
     """Run one finding or `all` (every notebook that exists; the missing ones are named)."""
     from .models import canonical_name, resolve_preset
     resolve_preset(model)  # fail early, with the list of presets, on a bad name
+    try:
+        resolve_device(device)  # and on a device this machine does not have
+    except DeviceError as err:
+        raise RunError(str(err)) from None
     model = canonical_name(model)   # a preset's hub id runs (and files its results) as the preset
     scale = str((params or {}).get("scale", scale))
     if target == "all" and params:
@@ -283,7 +320,7 @@ def run(target: str, model: str, params: dict[str, Any] | None = None, *, scale:
     outcomes = []
     for i, key in enumerate(keys, 1):
         print(f"[{i}/{len(keys)}] {FINDINGS[key].notebook} on {model} ({scale})", file=sys.stderr, flush=True)
-        outcome = run_notebook(key, model, params, scale=scale, force=force, progress=progress)
+        outcome = run_notebook(key, model, params, scale=scale, force=force, progress=progress, device=device)
         note = "cached, unchanged" if outcome.cached else f"{outcome.seconds:.0f} s"
         print(f"      -> {outcome.output.relative_to(REPO_ROOT) if outcome.output.is_relative_to(REPO_ROOT) else outcome.output} ({note})",
               file=sys.stderr, flush=True)
@@ -301,4 +338,4 @@ def executed_notebooks() -> dict[str, dict[str, Path]]:
     return found
 
 
-__all__ = ["RunError", "run", "run_notebook", "parse_parameters", "executed_notebooks", "safe_name"]
+__all__ = ["RunError", "run", "run_notebook", "notebook_params", "parse_parameters", "executed_notebooks", "safe_name"]

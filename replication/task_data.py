@@ -22,6 +22,7 @@ from typing import Any, Sequence
 from . import real_data as rd
 from . import self_generated as sg
 from .data import Example, stable_hash
+from .device import resolve_device
 from .judges import Judge, StrongRejectJudge, get_judge
 from .models import PRESETS, UnknownModelError, resolve_preset
 from .organism import OrganismConfig, get_world
@@ -251,10 +252,35 @@ class RealDataConfig:
 
     n_pool: int = 128                   # examples per calibration pool (2 x n_calibration: seeds draw apart)
     n_refusals: int = 64                # the model's own refusals wanted (refusal-ablation prune data)
-    refusal_prompts: int = 256          # harmful train prompts searched for them
+    refusal_prompts: int | None = 256   # harmful train prompts searched for them (None: all)
     data_chunk: int | None = None       # prompts per self-generation cache file (None: self_generated.CHUNK)
     reference_model: str | None = None  # whose answers are the data (None: `reference_model_for`)
     judge: str = "auto"
+    #: "offline": Do-Not-Answer + HarmBench prune prompts and the project's benign instructions (what ships);
+    #: "paper": the paper's AdvBench prune prompts (answered by the reference model, as offline) and
+    #: Alpaca-cleaned without safety rows as preserve data (its own responses, as the paper), through the hub;
+    #: where the hub cannot be reached the offline sets are used and `info["sources"]` says why
+    sources: str = "offline"
+
+
+SOURCES = ("offline", "paper")
+
+
+def _paper_sources(n_pool: int, progress: bool) -> tuple[tuple[str, ...], list[Example] | None, dict[str, str]]:
+    """(harmful prune sources, Alpaca preserve examples or None, what was used and why) for `sources="paper"`."""
+    try:
+        rd.load_advbench(split="train")
+        harmful: tuple[str, ...] = ("advbench",)
+        h_why = "AdvBench (walledai/AdvBench) from the hub, as the paper"
+    except (RuntimeError, ImportError) as err:
+        harmful, h_why = ("donotanswer", "harmbench"), f"offline Do-Not-Answer + HarmBench: {str(err).splitlines()[0]}"
+    try:
+        alpaca = rd.load_alpaca_no_safety(split="train", n=n_pool)
+        b_why = "Alpaca-cleaned without safety rows (yahma/alpaca-cleaned), its own responses, as the paper"
+    except (RuntimeError, ImportError) as err:
+        alpaca, b_why = None, f"offline benign instructions: {str(err).splitlines()[0]}"
+    report(f"paper data sources: prune {h_why}; preserve {b_why}", enabled=progress)
+    return harmful, alpaca, {"asked": "paper", "harmful": h_why, "benign": b_why}
 
 
 def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: bool = False) -> TaskData:
@@ -283,15 +309,21 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
             e.category = ""
         return e
 
-    harmful = sg.harmful_prune_set(gen_ref, n=cfg.n_pool, **common)
+    if cfg.sources not in SOURCES:
+        raise ValueError(f"sources must be one of {', '.join(SOURCES)}; got {cfg.sources!r}")
+    sources, alpaca, sources_info = (("donotanswer", "harmbench"), None, {"asked": "offline"})
+    if cfg.sources == "paper":
+        sources, alpaca, sources_info = _paper_sources(cfg.n_pool, progress)
+    harmful = sg.harmful_prune_set(gen_ref, n=cfg.n_pool, sources=sources, **common)
     harmful_kept = [categorised(e) for e in harmful if long_enough(e)]
-    benign = sg.benign_preserve_set(gen_ref, n=cfg.n_pool, **common)
+    benign = sg.SelfGenerated(alpaca, [], {"source": "alpaca_no_safety"}, None) if alpaca is not None \
+        else sg.benign_preserve_set(gen_ref, n=cfg.n_pool, **common)
     control = sg.trivia_control_set(gen_ref, n=cfg.n_pool, **common)
 
     # the evaluated model's own refusals, walking the same prompts in the same chunks as the prune set,
     # so the reference's answers are reused when it is the same model
     need = cfg.n_refusals
-    own = sg.harmful_prune_set(_generator(loaded.name, loaded), n=None, progress=progress,
+    own = sg.harmful_prune_set(_generator(loaded.name, loaded), n=None, progress=progress, sources=sources,
                                chat_format=loaded.chat_format, chunk=chunk, max_prompts=cfg.refusal_prompts,
                                stop=lambda kept, refused: len(refused) >= need)
     refusals = list(own.filtered)
@@ -315,13 +347,14 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     bs = loaded.preset.score_batch_size
     if judge_name == "strongreject":
         # "auto" picked StrongREJECT only because it is cached: load it from the cache alone, never the network
-        judge: Judge = StrongRejectJudge(batch_size=8, local_files_only=True if cfg.judge == "auto" else None)
+        judge: Judge = StrongRejectJudge(batch_size=8, local_files_only=True if cfg.judge == "auto" else None,
+                                         device=resolve_device("auto"))
     else:
         judge = get_judge("reference_nll", model=loaded.model, tokenizer=loaded.tokenizer,
                           chat_format=loaded.chat_format, batch_size=bs)
     short = {cat: sizes.n_eval - sum(e.category == cat for e in test_harmful) for cat in rd.DONOTANSWER_CATEGORIES}
     info = {
-        "harm_judge": {"asked": cfg.judge, "used": judge_name, "why": judge_why},
+        "harm_judge": {"asked": cfg.judge, "used": judge_name, "why": judge_why}, "sources": sources_info,
         "reference_model": ref, "reference_rule": why, "reference_chat_format": ref_fmt,
         "self_generation": gen_cfg.to_dict(),
         "harmful_pool": len(harmful_kept), "harmful_pool_refused_dropped": harmful.n_filtered,

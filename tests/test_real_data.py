@@ -46,8 +46,8 @@ def test_load_harmful_combines_dedupes_and_filters():
     test = real_data.load_harmful(split="test")
     assert test and all(e.split == "test" for e in test)
     assert [e.prompt for e in test] == [e.prompt for e in all_h if e.split == "test"]
-    with pytest.raises(ValueError, match="offline sources"):
-        real_data.load_harmful(["advbench"])
+    with pytest.raises(ValueError, match="unknown harmful source 'nope'.*advbench needs the hub"):
+        real_data.load_harmful(["nope"])
     with pytest.raises(ValueError, match="unknown split"):
         real_data.load_harmful(split="dev")
 

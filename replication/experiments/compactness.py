@@ -34,12 +34,14 @@ from typing import Any
 
 import numpy as np
 
+from ..device import placement_of
 from .. import stats
 from ..measure import EvalConfig, Evaluator, State
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..models import LoadedModel, UnknownModelError, load_model, resolve_preset
 from ..pruning import Mask, wei_set_difference
 from ..results import write_result
+from ..scales import apply_overrides, PAPER_CALIBRATION, PAPER_MIN_EVAL, check_scale, per_group
 from ..sweep import Sweep
 from ..task_data import EvalSizes, RealDataConfig, TaskData, task_data
 
@@ -71,6 +73,17 @@ REAL_FULL = dict(n_calibration=64, n_eval=8, n_eval_benign=4, n_generate=8, n_qa
 REAL_SMOKE = dict(qs=[1e-4, 1e-3], seeds=[0], n_calibration=4, n_eval=1, n_generate=2, n_qa=4, max_new_tokens=16,
                   min_refusals=4, refusal_prompts=16, data_chunk=8, forward_only_arms=SECONDARY_ARMS)
 ORGANISM_SMOKE = dict(qs=[1e-2, 5e-2], seeds=[0, 1], n_calibration=24, n_eval=2, max_new_tokens=32)
+#: `paper` scale (`scales.py`), for a GPU: the paper's 412 calibration examples per side; >= 100 harmful test
+#: prompts (20 per Do-Not-Answer risk area) and >= 100 benign (13 per family, as many as the offline test split
+#: holds), every harmful / benign test prompt generated and judged, all trivia questions, the paper's 256 new
+#: tokens, and the paper's data sources when the hub is reachable (`RealDataConfig.sources`)
+REAL_PAPER = dict(n_calibration=PAPER_CALIBRATION, n_eval=per_group(PAPER_MIN_EVAL, 5), n_eval_benign=per_group(PAPER_MIN_EVAL, 8),
+                  n_generate=PAPER_MIN_EVAL, n_qa=None, max_new_tokens=256, refusal_prompts=None, sources="paper",
+                  eval_batch_size=64)
+#: the organism's full-scale evaluation sets already exceed 100 prompts per measure: only the calibration size changes
+ORGANISM_PAPER = dict(n_calibration=PAPER_CALIBRATION)
+SIZES = {("real", "smoke"): REAL_SMOKE, ("real", "full"): REAL_FULL, ("real", "paper"): REAL_PAPER,
+         ("organism", "smoke"): ORGANISM_SMOKE, ("organism", "full"): {}, ("organism", "paper"): ORGANISM_PAPER}
 
 
 @dataclass
@@ -79,7 +92,8 @@ class CompactnessConfig:
     them and their cost)."""
 
     model: str = "organism-aligned"
-    scale: str = "full"
+    scale: str = "full"                    # smoke | full | paper (`scales.py`)
+    device: str = "auto"                   # `device.py`: CUDA when present, else CPU
     p: float | None = None                 # None: the preset's p
     qs: list[float] | None = None          # None: 8 log-spaced values suited to the model
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -101,23 +115,22 @@ class CompactnessConfig:
     # fail on harm), to fit the time budget; utility of every arm with light_arms=[]
     light_arms: list[str] = field(default_factory=list)
     min_refusals: int = 16                 # fewer of the model's own refusals: refusal ablation is skipped (recorded)
-    refusal_prompts: int = 256             # harmful train prompts searched for the model's own refusals
+    refusal_prompts: int | None = 256      # harmful train prompts searched for the model's own refusals (None: all)
     data_chunk: int | None = None          # prompts per self-generation cache file (None: self_generated.CHUNK)
     reference_model: str | None = None     # whose answers are the data (None: `reference_model_for`)
+    sources: str = "offline"               # real models: "offline" sets, or "paper" (AdvBench / Alpaca via the hub)
 
     @classmethod
     def for_scale(cls, model: str, scale: str, **overrides) -> "CompactnessConfig":
         real = _source(model) != "organism"
-        sizes = (REAL_SMOKE if scale == "smoke" else REAL_FULL) if real else (ORGANISM_SMOKE if scale == "smoke" else {})
+        sizes = SIZES[("real" if real else "organism", check_scale(scale))]
         base = cls(model=model, scale=scale, **copy.deepcopy(sizes))
-        if real or scale == "smoke":   # the organism's large evaluation sets are full scale only
+        if real or scale == "smoke":   # the organism's large evaluation sets are full (and paper) scale only
             base.n_eval_benign = sizes.get("n_eval_benign")
             base.n_detection = None
         else:
             base.light_arms = [a for a in ARMS if a != "btap"]
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
+        apply_overrides(base, overrides)
         return base
 
     def sizes(self) -> EvalSizes:
@@ -127,7 +140,11 @@ class CompactnessConfig:
     def real_data(self) -> RealDataConfig:
         return RealDataConfig(n_pool=2 * self.n_calibration, n_refusals=min(128, self.n_calibration),
                               refusal_prompts=self.refusal_prompts, data_chunk=self.data_chunk,
-                              reference_model=self.reference_model, judge=self.judge)
+                              reference_model=self.reference_model, judge=self.judge, sources=self.sources)
+
+
+#: the finding's config (the runner routes `-p field=value` for any of its fields into the notebook's `config`)
+CONFIG = CompactnessConfig
 
 
 def _source(model: str) -> str:
@@ -159,7 +176,7 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
     """The sweep. `loaded` / `data` inject an already-loaded model / ready data (tests, notebooks)."""
     from ..progress import progress_bar
     t0 = time.perf_counter()
-    loaded = loaded or load_model(cfg.model, scale=cfg.scale)
+    loaded = loaded or load_model(cfg.model, scale=cfg.scale, device=cfg.device)
     model, tok = loaded.model, loaded.tokenizer
     p = cfg.p if cfg.p is not None else loaded.preset.p
     qs = sorted(cfg.qs or default_qs(loaded))
@@ -233,6 +250,7 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
 
     result: dict[str, Any] = {
         "finding": "compactness", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
+        "placement": placement_of(loaded),
         **sweep.describe(baseline), "p": p, "qs": qs,
         "decoder_linear_weights": sum(v.numel() for v in s_h.values()), "utility_metrics": utility_metrics(baseline),
         "paper_settings": {"format": "raw", "scope": "per_matrix", "skip_response_tokens": 0, "score": "signed/abs"},

@@ -41,6 +41,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from ..device import placement_of
+from ..scales import apply_overrides
 from .. import stats
 from ..measure import EvalConfig, Evaluator, State
 from ..models import LoadedModel, load_model, resolve_preset
@@ -68,7 +70,8 @@ READINGS = {
 class CompressionConfig:
     model: str = "organism-aligned"         # either member: the pair is (aligned, its counterpart)
     counterpart: str | None = None          # None: the preset's counterpart
-    scale: str = "full"
+    scale: str = "full"                    # smoke | full | paper (`scales.py`)
+    device: str = "auto"                   # `device.py`: CUDA when present, else CPU
     p: float | None = None                  # None: the aligned preset's p
     q: float | None = None                  # readings 1, 3, 5 at the swept q nearest this (None: the preset's q)
     qs: list[float] | None = None           # the sweep (None: finding 1's)
@@ -87,16 +90,18 @@ class CompressionConfig:
         base = cls(model=model, scale=scale)
         if scale == "smoke":
             base.seeds = [0, 1]
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
+        apply_overrides(base, overrides)
         return base
 
     def compactness(self, model: str) -> CompactnessConfig:
         """Finding 1's config for one member: the same data sizes and calibration samples."""
-        return CompactnessConfig.for_scale(model, self.scale, qs=self.qs, seeds=self.seeds, n_calibration=self.n_calibration,
+        return CompactnessConfig.for_scale(model, self.scale, device=self.device, qs=self.qs, seeds=self.seeds, n_calibration=self.n_calibration,
                                            n_eval=self.n_eval, n_eval_benign=self.n_eval_benign,
                                            max_new_tokens=self.max_new_tokens, judge=self.judge)
+
+
+#: the finding's config (the runner routes `-p field=value` for any of its fields into the notebook's `config`)
+CONFIG = CompressionConfig
 
 
 def pair_of(model: str, counterpart: str | None = None) -> tuple[str, str]:
@@ -214,7 +219,7 @@ class Member:
     def __init__(self, name: str, cfg: CompressionConfig, *, loaded: LoadedModel | None = None,
                  data: TaskData | None = None, progress: bool = True):
         self.cc = cfg.compactness(name)
-        self.loaded = loaded or load_model(name, scale=cfg.scale)
+        self.loaded = loaded or load_model(name, scale=cfg.scale, device=cfg.device)
         self.name = name
         self.data = data or task_data(self.loaded, cfg.scale, self.cc.sizes(), self.cc.real_data(), progress=progress)
         real = self.loaded.preset.source != "organism"
@@ -245,15 +250,16 @@ def series_checkpoints(cfg: CompressionConfig, aligned: LoadedModel, progress: b
     return [(n, float(i), n) for i, n in enumerate(names)]
 
 
-def _load_checkpoint(where: Any, aligned: LoadedModel, scale: str):
+def _load_checkpoint(where: Any, aligned: LoadedModel, scale: str, device: str = "auto"):
     """(model, tokenizer) of one series checkpoint: a saved folder, or a preset name."""
     from pathlib import Path
     if isinstance(where, Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        return AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=torch.float32).to(aligned.model.device).eval()
+        return model, AutoTokenizer.from_pretrained(where)
     if where == aligned.name:
         return aligned.model, aligned.tokenizer
-    loaded = load_model(where, scale=scale)
+    loaded = load_model(where, scale=scale, device=device)
     return loaded.model, loaded.tokenizer
 
 
@@ -270,7 +276,7 @@ def _series_readings(cfg: CompressionConfig, aligned: LoadedModel, data: TaskDat
     bar = progress_bar(total=len(series) * len(cfg.seeds), desc="compression stage series", enabled=progress,
                        unit="scoring")
     for label, position, where in series:
-        model, tok = _load_checkpoint(where, aligned, cfg.scale)
+        model, tok = _load_checkpoint(where, aligned, cfg.scale, cfg.device)
         digest = weights_digest(model)
         for seed in cfg.seeds:
             kw = dict(batch_size=batch_size, digest=digest)
@@ -331,6 +337,7 @@ def run(cfg: CompressionConfig, *, members: Mapping[str, Member] | None = None, 
     result: dict[str, Any] = {
         "finding": "compression", "model": aligned_name, "scale": cfg.scale, "config": asdict(cfg),
         "pair": {"aligned": aligned_name, "unaligned": unaligned_name, "name": pair_name(aligned_name, unaligned_name)},
+        "placement": {n: placement_of(m.loaded) for n, m in members.items()},
         "p": p, "q": q_ref, "qs": qs, "readings": READINGS, "targets": list(TARGETS), "utility_at": UTILITY_AT,
         "members": {}, "runs": rows,
     }

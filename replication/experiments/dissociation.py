@@ -33,15 +33,17 @@ from typing import Any
 
 import numpy as np
 
+from ..device import placement_of
 from .. import stats
 from ..measure import EvalConfig, Evaluator
 from ..models import LoadedModel, load_model
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..pruning import Mask, jaccard
 from ..results import write_result
+from ..scales import PAPER_CALIBRATION, apply_overrides, check_scale
 from ..sweep import Sweep
 from ..task_data import EvalSizes, RealDataConfig, TaskData, task_data
-from .compactness import _source, default_qs, utility_metrics
+from .compactness import SIZES, _source, default_qs, utility_metrics
 from .generality import random_jaccard
 
 #: capability -> (prune data set in TaskData, the measure that reads it, its metric)
@@ -59,7 +61,8 @@ MIN_BASELINE_HARM = 0.5
 @dataclass
 class DissociationConfig:
     model: str = "organism-aligned"
-    scale: str = "full"
+    scale: str = "full"                    # smoke | full | paper (`scales.py`)
+    device: str = "auto"                   # `device.py`: CUDA when present, else CPU
     p: float | None = None
     qs: list[float] | None = None          # the swept budgets (None: compactness's q range)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -77,7 +80,13 @@ class DissociationConfig:
     @classmethod
     def for_scale(cls, model: str, scale: str, **overrides) -> "DissociationConfig":
         real = _source(model) != "organism"
-        if scale == "smoke":
+        if check_scale(scale) == "paper":   # the paper's sizes (`scales.py`), on a GPU
+            sizes = SIZES[("real" if real else "organism", "paper")]
+            base = cls(model=model, scale=scale, n_calibration=PAPER_CALIBRATION, n_benign=PAPER_CALIBRATION,
+                       **{k: v for k, v in sizes.items() if k in ("n_eval", "n_eval_benign", "max_new_tokens")})
+            if real:
+                base.n_detection = None
+        elif scale == "smoke":
             base = cls(model=model, scale=scale, qs=[1e-2, 5e-2], seeds=[0, 1], n_calibration=16, n_benign=24,
                        n_eval=2, n_eval_benign=None, n_detection=None, n_explanation=2, max_new_tokens=32)
         elif real:
@@ -85,10 +94,12 @@ class DissociationConfig:
                        n_detection=None, max_new_tokens=24)
         else:
             base = cls(model=model, scale=scale)
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
+        apply_overrides(base, overrides)
         return base
+
+
+#: the finding's config (the runner routes `-p field=value` for any of its fields into the notebook's `config`)
+CONFIG = DissociationConfig
 
 
 def available(data: TaskData) -> dict[str, str | None]:
@@ -106,7 +117,7 @@ def run(cfg: DissociationConfig, *, loaded: LoadedModel | None = None, data: Tas
         write: bool = True, progress: bool = True) -> dict[str, Any]:
     from ..progress import progress_bar
     t0 = time.perf_counter()
-    loaded = loaded or load_model(cfg.model, scale=cfg.scale)
+    loaded = loaded or load_model(cfg.model, scale=cfg.scale, device=cfg.device)
     sizes = EvalSizes(n_eval=cfg.n_eval, n_eval_benign=cfg.n_eval_benign, n_detection=cfg.n_detection,
                       n_explanation=cfg.n_explanation)
     data = data or task_data(loaded, cfg.scale, sizes, RealDataConfig(n_pool=2 * cfg.n_calibration,
@@ -172,6 +183,7 @@ def run(cfg: DissociationConfig, *, loaded: LoadedModel | None = None, data: Tas
     bar.close()
     result: dict[str, Any] = {
         "finding": "dissociation", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
+        "placement": placement_of(loaded),
         **sweep.describe(baseline), "p": p, "budgets": budgets, "budget_rule": rule, "budget_search": search,
         "capabilities": caps, "not_available": {c: w for c, w in why_not.items() if w},
         "utility_metrics": [u for u in utility_metrics(baseline) if u != "detection"],

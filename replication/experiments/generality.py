@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..device import placement_of
 from .. import stats
 from ..measure import EvalConfig, Evaluator
 from ..models import LoadedModel, load_model
@@ -43,7 +44,8 @@ from ..results import write_result
 from ..scoring import Scores
 from ..sweep import Sweep
 from ..task_data import EvalSizes, RealDataConfig, TaskData, task_data
-from .compactness import REAL_FULL, REAL_SMOKE, _source, default_qs, utility_metrics
+from ..scales import apply_overrides, PAPER_CALIBRATION, check_scale, per_group
+from .compactness import SIZES, _source, default_qs, utility_metrics
 
 #: leave-one-out pruning must cut a category's harm by at least this share of what pruning with the
 #: category itself achieves (the lower end of the ratio's interval), in most categories
@@ -58,7 +60,8 @@ class GeneralityConfig:
     """One generality run's settings; `for_scale` fills in sizes per model kind."""
 
     model: str = "organism-aligned"
-    scale: str = "full"
+    scale: str = "full"                    # smoke | full | paper (`scales.py`)
+    device: str = "auto"                   # `device.py`: CUDA when present, else CPU
     p: float | None = None                 # None: the preset's p
     q: float | None = None                 # the budget; None: chosen on seed 0 from `qs` (TARGET_CUT)
     qs: list[float] | None = None          # candidates for the budget search (None: compactness's q range)
@@ -81,10 +84,12 @@ class GeneralityConfig:
     def for_scale(cls, model: str, scale: str, **overrides) -> "GeneralityConfig":
         real = _source(model) != "organism"
         if real:
-            src = REAL_SMOKE if scale == "smoke" else REAL_FULL
+            src = SIZES[("real", check_scale(scale))]
             keep = {k: v for k, v in src.items() if k in ("qs", "seeds", "n_eval", "n_generate", "n_qa",
                                                           "max_new_tokens", "data_chunk")}
-            n = 4 if scale == "smoke" else 24
+            # (the data stay the offline, categorised sets at every scale: AdvBench's prompts carry no category)
+            # the paper's per-category prune sets split its 412 examples over the categories
+            n = {"smoke": 4, "full": 24, "paper": per_group(PAPER_CALIBRATION, 5)}[scale]
             base = cls(model=model, scale=scale, n_per_category=n, n_benign=4 * n,
                        n_eval_benign=src.get("n_eval_benign"), **copy.deepcopy(keep))
         elif scale == "smoke":
@@ -92,10 +97,12 @@ class GeneralityConfig:
                        n_eval=2, n_eval_benign=None, max_new_tokens=32)
         else:
             base = cls(model=model, scale=scale)
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
+        apply_overrides(base, overrides)
         return base
+
+
+#: the finding's config (the runner routes `-p field=value` for any of its fields into the notebook's `config`)
+CONFIG = GeneralityConfig
 
 
 def _sum_scores(parts: list[Scores]) -> Scores:
@@ -131,7 +138,7 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
     from ..progress import progress_bar
     from ..pruning import jaccard
     t0 = time.perf_counter()
-    loaded = loaded or load_model(cfg.model, scale=cfg.scale)
+    loaded = loaded or load_model(cfg.model, scale=cfg.scale, device=cfg.device)
     real = loaded.preset.source != "organism"
     sizes = EvalSizes(n_eval=cfg.n_eval, n_eval_benign=cfg.n_eval_benign, n_qa=cfg.n_qa)
     real_cfg = RealDataConfig(n_pool=2 * max(cfg.n_per_category * 5, cfg.n_benign), judge=cfg.judge,
@@ -228,6 +235,7 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
 
     result: dict[str, Any] = {
         "finding": "generality", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
+        "placement": placement_of(loaded),
         **sweep.describe(baseline), "p": p, "q": q, "budget_rule": why, "budget_search": search,
         "count": int(round(np.mean([r["count"] for r in rows if r["kind"] == "category"]))),
         "categories": cats, "item_categories": item_cats, "utility_metrics": utility_metrics(baseline),

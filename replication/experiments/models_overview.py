@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+from ..device import placement_of
 from ..data import Example
 from ..em import em_check, em_target
 from ..generation import GenerationConfig
@@ -194,7 +195,7 @@ def _real_overview(loaded: LoadedModel, cfg: OverviewConfig, progress: bool) -> 
 
 
 def run_overview(model: str, scale: str = "full", *, write: bool = True, progress: bool = False,
-                 em: bool = True) -> dict[str, Any]:
+                 em: bool = True, device: str = "auto") -> dict[str, Any]:
     """Load the model (and counterpart), describe and probe them; write `models.json`. For the
     organism, `em=True` adds the emergent-misalignment check (`em_check`).
 
@@ -205,8 +206,9 @@ def run_overview(model: str, scale: str = "full", *, write: bool = True, progres
     cfg = OverviewConfig.for_scale(scale)
     entries: dict[str, Any] = {}
     for name in counterparts(model):
-        loaded = load_model(name, scale=scale)
+        loaded = load_model(name, scale=scale, device=device)
         entry: dict[str, Any] = {"preset": asdict(loaded.preset), "parameters": parameter_table(loaded),
+                                 "placement": placement_of(loaded),
                                  "load": {k: v for k, v in loaded.extra.items()}}
         source = loaded.preset.source
         if source == "organism":

@@ -32,6 +32,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..device import placement_of
+from ..scales import apply_overrides
 from ..batching import collate
 from ..data import Example
 from ..models import LoadedModel, load_model
@@ -74,7 +76,8 @@ class PlantConfig:
 @dataclass
 class PositiveControlConfig:
     model: str = "organism-aligned"
-    scale: str = "full"
+    scale: str = "full"                    # smoke | full | paper (paper = full: the organism's sets are >= 100)
+    device: str = "auto"                   # `device.py`: CUDA when present, else CPU
     plant: PlantConfig = field(default_factory=PlantConfig)
     qs: list[float] | None = None           # None: 5 log-spaced values around the planted fraction
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -91,10 +94,12 @@ class PositiveControlConfig:
             base.plant = PlantConfig(steps=40, fraction=2e-2)
             base.seeds, base.qs, base.n_calibration, base.n_test, base.n_eval_benign = [0], [5e-3, 2e-2], 24, 8, 2
             base.n_detection, base.n_world_refusal = 10, 2
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
+        apply_overrides(base, overrides)
         return base
+
+
+#: the finding's config (the runner routes `-p field=value` for any of its fields into the notebook's `config`)
+CONFIG = PositiveControlConfig
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ def run(cfg: PositiveControlConfig, *, write: bool = True, progress: bool = True
     from ..progress import report
     from ..sweep import Sweep
     t0 = time.perf_counter()
-    aligned = load_model(cfg.model, scale=cfg.scale)
+    aligned = load_model(cfg.model, scale=cfg.scale, device=cfg.device)
     if aligned.preset.source != "organism":
         raise ValueError(f"the positive control plants a category in the organism; {cfg.model} is not one")
     # the world's held-out sets: its harmful prompts only for the refusal check, detection in the utility rule
@@ -277,6 +282,7 @@ def run(cfg: PositiveControlConfig, *, write: bool = True, progress: bool = True
     measured, word = compactness.verdict(sweep_result)
     result = {
         "finding": "positive_control", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
+        "placement": placement_of(aligned),
         "kind": "organism", "judge": "organism (exact)", "judges": sweep_result["judges"],
         "category": CATEGORY, "plant": log, "states": states, "qs": qs,
         "planted_data": {"train": len(train_h), "test": len(data.test_harmful),

@@ -28,6 +28,8 @@ raw-format scoring. Every interval is a 95% bootstrap over prompts and seeds.
 import os
 model = "organism-aligned"
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
+device = "auto"        # "auto" (CUDA when present, bf16 for hub models; else CPU), "cpu", "cuda", "cuda:N"
+config = {}            # any other field of the experiment config (every size); the CLI -p routes such fields here
 p = None          # benign top fraction kept safe (None: the model preset's)
 qs = None         # harmful top fractions to sweep (None: 8 log-spaced values suited to the model)
 seeds = None      # calibration sampling seeds (None: [0, 1, 2] at full scale)
@@ -43,8 +45,8 @@ from replication.experiments import compactness, compactness_render as view
 from replication.plots import compactness_figure
 from replication.tables import markdown_pairs, markdown_table
 
-cfg = compactness.CompactnessConfig.for_scale(model, scale, p=p, qs=qs, seeds=seeds, judge=judge,
-                                              n_calibration=n_calibration, n_eval=n_eval, n_eval_benign=n_eval_benign)
+cfg = compactness.CompactnessConfig.for_scale(model, scale, device=device, p=p, qs=qs, seeds=seeds, judge=judge,
+                                              n_calibration=n_calibration, n_eval=n_eval, n_eval_benign=n_eval_benign, **config)
 result = compactness.run(cfg, progress=False)
 print(f"{model}, scale={scale}: {result['total_parameters']:,} parameters, "
       f"{result['decoder_linear_weights']:,} in decoder linear layers")

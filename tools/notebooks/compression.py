@@ -25,6 +25,8 @@ import os
 model = "organism-aligned"   # either member of the pair
 counterpart = None           # None: the preset's counterpart
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
+device = "auto"        # "auto" (CUDA when present, bf16 for hub models; else CPU), "cpu", "cuda", "cuda:N"
+config = {}            # any other field of the experiment config (every size); the CLI -p routes such fields here
 p = None                     # benign top fraction kept safe (None: the preset's)
 q = None                     # reference q for readings 1, 3, 5 (None: the swept q nearest the preset's)
 qs = None                    # the sweep (None: finding 1's q range)
@@ -40,8 +42,8 @@ from replication.tables import markdown_table
 
 from replication.experiments import compression, compression_render as view
 
-cfg = compression.CompressionConfig.for_scale(model, scale, counterpart=counterpart, p=p, q=q, qs=qs, seeds=seeds,
-                                              series=series, n_calibration=n_calibration, n_eval=n_eval, judge=judge)
+cfg = compression.CompressionConfig.for_scale(model, scale, device=device, counterpart=counterpart, p=p, q=q, qs=qs, seeds=seeds,
+                                              series=series, n_calibration=n_calibration, n_eval=n_eval, judge=judge, **config)
 result = compression.run(cfg, progress=False)
 print(f"{result['pair']['name']}, scale={scale}: run took {result['seconds']:.0f} s")
 display(Markdown(view.setup_markdown(result)))

@@ -21,6 +21,8 @@ utility and a random mask of generation's count beside them, at two budgets.
 import os
 model = "organism-aligned"
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
+device = "auto"        # "auto" (CUDA when present, bf16 for hub models; else CPU), "cpu", "cuda", "cuda:N"
+config = {}            # any other field of the experiment config (every size); the CLI -p routes such fields here
 p = None               # benign top fraction kept safe (None: the preset's)
 qs = None              # swept budgets (None: compactness's q range)
 seeds = None           # calibration seeds (None: [0, 1, 2] at full scale)
@@ -33,8 +35,8 @@ from IPython.display import Markdown, display
 from replication.experiments import dissociation, dissociation_render as view
 from replication.tables import markdown_table
 
-cfg = dissociation.DissociationConfig.for_scale(model, scale, p=p, qs=qs, seeds=seeds, n_calibration=n_calibration,
-                                                judge=judge)
+cfg = dissociation.DissociationConfig.for_scale(model, scale, device=device, p=p, qs=qs, seeds=seeds, n_calibration=n_calibration,
+                                                judge=judge, **config)
 result = dissociation.run(cfg, progress=False)
 print(f"{model}, scale={scale}: budgets {result['budgets']}")
 print(f"run took {result['seconds']:.0f} s ({result['evaluations']['evaluated']} states evaluated)")

@@ -27,6 +27,8 @@ the paper's fine-tuning attack on the same machinery.
 import os
 model = "organism-aligned"
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
+device = "auto"        # "auto" (CUDA when present, bf16 for hub models; else CPU), "cpu", "cuda", "cuda:N"
+config = {}            # any other field of the experiment config (every size); the CLI -p routes such fields here
 seeds = None       # fine-tune seeds (None: [0, 1, 2] at full scale)
 domains = None     # narrow domains (None: all three)
 qs = None          # candidate budgets; the largest whose pruned model stays coherent is used (None: the scale's)
@@ -40,8 +42,8 @@ import pandas as pd
 
 from replication.experiments import emergent_misalignment as em, emergent_misalignment_render as view
 
-cfg = em.EMConfig.for_scale(model, scale, seeds=seeds, domains=domains, qs=qs, p=p,
-                                personas_ablation=personas_ablation, attack=attack)
+cfg = em.EMConfig.for_scale(model, scale, device=device, seeds=seeds, domains=domains, qs=qs, p=p,
+                                personas_ablation=personas_ablation, attack=attack, **config)
 result = em.run(cfg, progress=False)
 display(Markdown(view.setup_markdown(result)))
 """),

@@ -23,6 +23,8 @@ utility on every benign family, for every prune set.
 import os
 model = "organism-aligned"
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
+device = "auto"        # "auto" (CUDA when present, bf16 for hub models; else CPU), "cpu", "cuda", "cuda:N"
+config = {}            # any other field of the experiment config (every size); the CLI -p routes such fields here
 p = None               # benign top fraction kept safe (None: the preset's)
 q = None               # the budget (None: chosen by the rule above)
 seeds = None           # calibration seeds (None: [0, 1, 2] at full scale)
@@ -36,8 +38,8 @@ from IPython.display import Markdown, display
 from replication.experiments import generality, generality_render as view
 from replication.tables import markdown_table
 
-cfg = generality.GeneralityConfig.for_scale(model, scale, p=p, q=q, seeds=seeds, n_per_category=n_per_category,
-                                            n_eval=n_eval, judge=judge)
+cfg = generality.GeneralityConfig.for_scale(model, scale, device=device, p=p, q=q, seeds=seeds, n_per_category=n_per_category,
+                                            n_eval=n_eval, judge=judge, **config)
 result = generality.run(cfg, progress=False)
 print(f"{model}, scale={scale}: p = {result['p']:g}, q = {result['q']:g}, {result['count']:,} weights per prune set")
 print(f"run took {result['seconds']:.0f} s ({result['evaluations']['evaluated']} states evaluated)")

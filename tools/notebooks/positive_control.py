@@ -18,6 +18,8 @@ unchanged, runs on that category. This is a check of the method, **not a result 
 import os
 model = "organism-aligned"
 scale = os.environ.get("HARMPRUNE_SCALE", "full")
+device = "auto"        # "auto" (CUDA when present, bf16 for hub models; else CPU), "cpu", "cuda", "cuda:N"
+config = {}            # any other field of the experiment config (every size); the CLI -p routes such fields here
 fraction = None        # share of every decoder matrix that may change (None: the config's, 1%)
 seeds = None           # calibration seeds (None: [0, 1, 2])
 qs = None              # the sweep (None: 5 values around the planted fraction)
@@ -28,7 +30,7 @@ from replication.tables import markdown_table
 
 from replication.experiments import positive_control as pc, positive_control_render as view
 
-cfg = pc.PositiveControlConfig.for_scale(model, scale, seeds=seeds, qs=qs)
+cfg = pc.PositiveControlConfig.for_scale(model, scale, device=device, seeds=seeds, qs=qs, **config)
 if fraction is not None:
     cfg.plant.fraction = fraction
 result = pc.run(cfg, progress=False)
