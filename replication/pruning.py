@@ -48,6 +48,7 @@ from .data import Example
 from .paths import atomic_write_json
 from .scoring import (
     FORMATS,
+    Scores,
     compute_scores,
     decoder_linears,
     find_decoder_layers,
@@ -203,22 +204,25 @@ class Mask:
         by module type and by layer, plus the zeros now present in the decoder linears (a
         `check_sparsity`-style measurement of the model as it is)."""
         self.check_model(model)
-        prefix, _ = find_decoder_layers(model)
-        all_linears = decoder_linears(model)
-        total = _total_params(model)
-        dl_total = sum(m.weight.numel() for m in all_linears.values())
+        zeros_now = sum(int((m.weight.detach() == 0).sum()) for m in decoder_linears(model).values()
+                        if m.weight.device.type != "meta")
+        return self.layout_report(model_layout(model), zeros_now=zeros_now)
+
+    def layout_report(self, layout: Mapping[str, Any], *, zeros_now: int | None = None) -> dict[str, Any]:
+        """`sparsity_report` from a `model_layout` alone (module shapes, parameter count), so that
+        a mask selected from saved scores is reported without loading the model; the zeros now in
+        the model (`zeros_now`) are then unknown (None)."""
+        prefix, shapes, total = layout["prefix"], layout["shapes"], int(layout["all_params"])
+        dl_total = sum(_numel(s) for s in shapes.values())
         by_type: dict[str, dict[str, float]] = {}
         by_layer: dict[str, dict[str, float]] = {}
-        zeros_now = 0
-        for name, mod in all_linears.items():
+        for name, shape in shapes.items():
             k = int(self.indices[name].numel()) if name in self.indices else 0
-            n = mod.weight.numel()
+            n = _numel(shape)
             for table, key in ((by_type, name.rsplit(".", 1)[-1]), (by_layer, str(layer_index(name, prefix)))):
                 row = table.setdefault(key, {"count": 0, "numel": 0})
                 row["count"] += k
                 row["numel"] += n
-            if mod.weight.device.type != "meta":
-                zeros_now += int((mod.weight.detach() == 0).sum())
         for table in (by_type, by_layer):
             for row in table.values():
                 row["fraction"] = row["count"] / row["numel"] if row["numel"] else 0.0
@@ -411,6 +415,14 @@ def applied(model: nn.Module, mask: Mask) -> Iterator[nn.Module]:
 # ----------------------------------------------------------------------------------------------
 # Selection
 # ----------------------------------------------------------------------------------------------
+def model_layout(model: nn.Module) -> dict[str, Any]:
+    """What a sparsity report needs to know about a model, JSON-able: the decoder-layer path,
+    every decoder Linear's weight shape (model order) and the total parameter count."""
+    prefix, _ = find_decoder_layers(model)
+    return {"prefix": prefix, "shapes": {k: list(m.weight.shape) for k, m in decoder_linears(model).items()},
+            "all_params": _total_params(model)}
+
+
 def _numel(shape: Sequence[int]) -> int:
     n = 1
     for s in shape:
@@ -697,13 +709,13 @@ def snip_rowwise(scores: Mapping[str, torch.Tensor], sparsity: float, *, largest
 # ----------------------------------------------------------------------------------------------
 # End to end
 # ----------------------------------------------------------------------------------------------
-def prune_btap(model: nn.Module, tokenizer: Any, harmful_examples: Sequence[Example],
-               benign_examples: Sequence[Example], config: PruneConfig | None = None, *,
-               batch_size: int = 8, progress: bool = True) -> Mask:
-    """Score both calibration sets on `model` and select the weights to prune (the model is not
-    changed: apply the returned mask). The harmful set is tokenised as prune data, the benign
-    set as preserve data (paper.md section 3.2); `skip_response_tokens` applies to the harmful
-    loss only."""
+def btap_scores(model: nn.Module, tokenizer: Any, harmful_examples: Sequence[Example],
+                benign_examples: Sequence[Example], config: PruneConfig | None = None, *,
+                batch_size: int = 8, progress: bool = True) -> tuple[Scores, Scores]:
+    """The two score sets B-TAP selects from, `(harmful, benign)`: the harmful set tokenised as
+    prune data and scored with `config.score`, the benign set as preserve data with
+    `config.preserve_score` (paper.md section 3.2); `skip_response_tokens` applies to the harmful
+    loss only. Kept apart from the selection so that one scoring pass serves every p and q."""
     config = config or PruneConfig()
     harmful_examples, benign_examples = list(harmful_examples), list(benign_examples)
     find_decoder_layers(model)
@@ -716,9 +728,26 @@ def prune_btap(model: nn.Module, tokenizer: Any, harmful_examples: Sequence[Exam
                           skip_response_tokens=config.skip_response_tokens, **common)
     benign = compute_scores(model, tokenizer, benign_examples, score=config.preserve_score, role="preserve",
                             **common)
-    return select_weights(harm, benign, config.p, config.q, config.scope, method=config.method,
-                          neg_prune=config.negate,
-                          meta={"config": config.to_dict(), "model_class": type(model).__name__})
+    return harm, benign
+
+
+def select_btap(harm_scores: Mapping[str, torch.Tensor], benign_scores: Mapping[str, torch.Tensor],
+                config: PruneConfig, *, meta: Mapping[str, Any] | None = None) -> Mask:
+    """`select_weights` with a `PruneConfig`'s selection fields (p, q, scope, method, negation);
+    the mask's meta carries the whole config, so it says how to remake it."""
+    return select_weights(harm_scores, benign_scores, config.p, config.q, config.scope, method=config.method,
+                          neg_prune=config.negate, meta={"config": config.to_dict(), **(meta or {})})
+
+
+def prune_btap(model: nn.Module, tokenizer: Any, harmful_examples: Sequence[Example],
+               benign_examples: Sequence[Example], config: PruneConfig | None = None, *,
+               batch_size: int = 8, progress: bool = True) -> Mask:
+    """Score both calibration sets on `model` and select the weights to prune (the model is not
+    changed: apply the returned mask): `btap_scores` then `select_btap`."""
+    config = config or PruneConfig()
+    harm, benign = btap_scores(model, tokenizer, harmful_examples, benign_examples, config,
+                               batch_size=batch_size, progress=progress)
+    return select_btap(harm, benign, config, meta={"model_class": type(model).__name__})
 
 
 def wei_set_difference(model: nn.Module, tokenizer: Any, refusal_examples: Sequence[Example],
@@ -737,6 +766,7 @@ def wei_set_difference(model: nn.Module, tokenizer: Any, refusal_examples: Seque
 __all__ = [
     "PruneConfig", "Mask", "AppliedMask", "MaskMismatchError", "applied", "select_weights", "top_sets",
     "top_k_flat", "next_q", "intersection_of", "matched_count_mask", "jaccard", "snip_rowwise", "prune_btap",
+    "btap_scores", "select_btap", "model_layout",
     "wei_set_difference", "METHODS",
     "SCOPES", "TIE_RULE",
 ]

@@ -79,6 +79,24 @@ def _load(path: Path) -> Scores | None:
                   fingerprint=info["fingerprint"], probe=probe)
 
 
+def save_scores(path: str | Path, scores: Scores) -> Path:
+    """Write `scores` in this cache's format (safetensors + JSON sidecar, each atomically) at
+    `path` (a `.safetensors` name); for keeping scores outside the cache, e.g. `python -m
+    replication prune --scores-out`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(path, scores)
+    return path
+
+
+def load_scores(path: str | Path) -> Scores:
+    """Read scores that `save_scores` wrote (with their meta, fingerprint and probe)."""
+    scores = _load(Path(path))
+    if scores is None:
+        raise FileNotFoundError(f"no saved scores at {path} (and its .json sidecar): write them with save_scores")
+    return scores
+
+
 def cached_scores(model, tokenizer, examples: Sequence[Example], *, score: str, role: str, fmt: str = "raw",
                   skip_response_tokens: int = 0, batch_size: int = 8, digest: str | None = None,
                   use_cache: bool = True, progress: bool = False) -> Scores:
@@ -99,4 +117,4 @@ def cached_scores(model, tokenizer, examples: Sequence[Example], *, score: str, 
     return scores
 
 
-__all__ = ["cached_scores", "weights_digest", "examples_digest", "score_key", "CACHE_VERSION"]
+__all__ = ["cached_scores", "save_scores", "load_scores", "weights_digest", "examples_digest", "score_key", "CACHE_VERSION"]

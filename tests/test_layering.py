@@ -26,6 +26,11 @@ def test_prompt_loaders_import_no_model_code():
                        "replication.self_generated", "replication.generation"}
 
 
+def test_user_data_reader_imports_no_model_code():
+    seen = _imported_after("replication.user_data")
+    assert seen <= {"replication", "replication.data", "replication.user_data"}
+
+
 @pytest.mark.parametrize("module", ["replication.models", "replication.smollm2"])
 def test_model_loading_imports_no_recipe_and_no_data(module):
     seen = _imported_after(module)
