@@ -19,6 +19,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute finding notebooks with papermill into results/<model>/")
     run.add_argument("finding", help=f"one of: all, {', '.join(FINDINGS)}")
     run.add_argument("--model", default=None, help="preset name, hub id or local folder (default: organism-aligned)")
+    run.add_argument("--models", nargs="+", default=None, metavar="NAME", help="several models (one job each with --executor)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="override a notebook parameter (repeatable), e.g. -p q=1e-3")
     run.add_argument("--scale", choices=SCALES, default="full",
@@ -27,12 +28,49 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"where models run: {DEVICES_HELP}; recorded in every result")
     run.add_argument("--force", action="store_true", help="re-execute even if a cached run matches")
     run.add_argument("--no-progress", action="store_true")
+    cl = run.add_argument_group("jobs through submitit (default without --executor: one after another, here)")
+    cl.add_argument("--executor", choices=("local", "slurm"), default=None,
+                    help="local: local processes; slurm: one Slurm job per (notebook, model)")
+    cl.add_argument("--max-parallel", type=int, default=2, help="jobs running at once (local) / array parallelism (slurm)")
+    cl.add_argument("--slurm-partition", default=None)
+    cl.add_argument("--gpus-per-job", type=int, default=1)
+    cl.add_argument("--timeout-min", type=int, default=240)
+    cl.add_argument("--mem-gb", type=int, default=64)
+    cl.add_argument("--cpus-per-job", type=int, default=8)
+    cl.add_argument("--log-dir", default=None, help="submitit's logs (default .cache/submitit/<time>)")
     book = sub.add_parser("book", help="build the Jupyter Book into _build/html from the executed notebooks")
     book.add_argument("--models", default="", help="space-separated models to list on the summary page")
     book.add_argument("--no-strict", action="store_true", help="do not treat Sphinx warnings as errors")
     sub.add_parser("models", help="list the model presets")
     _tool_parsers(sub)
     return ap
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .models import DEFAULT_MODEL
+    from .runner import RunError, parse_parameters, run
+    if args.model and args.models:
+        raise RunError("give --model NAME or --models A B ..., not both")
+    models = args.models or [args.model or DEFAULT_MODEL]
+    params = parse_parameters(args.param)
+    if args.executor is None:
+        for model in models:
+            run(args.finding, model, params, scale=args.scale, force=args.force, progress=not args.no_progress,
+                device=args.device)
+        return 0
+    from .cluster import SlurmSettings, jobs_for, submit
+    jobs = jobs_for(args.finding, models, params, scale=args.scale, device=args.device, force=args.force)
+    slurm = SlurmSettings(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, timeout_min=args.timeout_min,
+                          mem_gb=args.mem_gb, cpus_per_job=args.cpus_per_job)
+    outcomes = submit(jobs, args.executor, folder=Path(args.log_dir) if args.log_dir else None,
+                      max_parallel=args.max_parallel, slurm=slurm)
+    failed = [o for o in outcomes if o.status == "failed"]
+    ran = sum(o.status == "ok" for o in outcomes)
+    print(f"{len(outcomes)} job(s): {ran} ran, {sum(o.status == 'cached' for o in outcomes)} cached, {len(failed)} failed",
+          file=sys.stderr)
+    for o in failed:
+        print(f"error: {o.job.label}: {o.error} (log: {o.log})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # -- B-TAP as a tool: prune / select / apply (logic in replication.tool) ---------------------------
@@ -53,7 +91,7 @@ def _tool_parsers(sub: Any) -> None:
     pr.add_argument("--method", default="btap", help="btap (paper: Q minus P) or next_q")
     pr.add_argument("--skip-response-tokens", type=int, default=0, help="leave the first k response tokens out of the harmful loss")
     pr.add_argument("--batch-size", type=int, default=None, help="scoring batch size (default: the preset's)")
-    pr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto (shard); default: cuda if present")
+    pr.add_argument("--device", default=None, help=f"{DEVICES_HELP}; default auto")
     pr.add_argument("--dtype", default=None, help="auto, float32, bfloat16 or float16; default: float32 on CPU, bfloat16 on GPU")
     pr.add_argument("--no-progress", action="store_true")
     se = sub.add_parser("select", help="a mask at another p/q from scores kept by `prune --scores-out` (no model needed)")
@@ -114,10 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            from .models import DEFAULT_MODEL
-            from .runner import parse_parameters, run
-            run(args.finding, args.model or DEFAULT_MODEL, parse_parameters(args.param), scale=args.scale,
-                force=args.force, progress=not args.no_progress, device=args.device)
+            return _run(args)
         elif args.command == "book":
             from .book import build
             index = build(args.models.split() or None, strict=not args.no_strict)

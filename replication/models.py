@@ -236,8 +236,8 @@ def _load_hub(preset: Preset, scale: str, place: Placement) -> tuple[Any, Any, d
     return model, tok, {"hub_id": target}
 
 
-def _dtype(place: Placement) -> torch.dtype:
-    return getattr(torch, place.dtype)
+def _dtype(place: Placement) -> Any:
+    return "auto" if place.dtype == "auto" else getattr(torch, place.dtype)   # "auto": a folder's own dtype
 
 
 def hub_weight_bytes(target: str, dtype: torch.dtype) -> int | None:

@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 from . import progress as _progress
 from .device import DeviceError, resolve_device
-from .findings import FINDINGS, finding
+from .findings import FINDINGS, Finding, finding
 from .scales import SCALES
 from .paths import PACKAGE_DIR, REPO_ROOT, results_dir, safe_name
 
@@ -180,13 +180,13 @@ class RunOutcome:
     seconds: float
 
 
-def notebook_params(key: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
-                    device: str = "auto") -> dict[str, Any]:
+def notebook_params(key: "str | Finding", model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+                    device: str = "auto", notebook_dir: Path | None = None) -> dict[str, Any]:
     """The papermill parameters of one run, checked: `-p` names a notebook parameter or a field of
     the finding's config (routed into the notebook's `config` dict, so every size can be raised);
     anything else is an error that lists both."""
-    fnd = finding(key)
-    src = NOTEBOOK_DIR / fnd.notebook
+    fnd = finding(key) if isinstance(key, str) else key
+    src = (notebook_dir or NOTEBOOK_DIR) / fnd.notebook
     if not src.exists():
         shown = src.relative_to(REPO_ROOT) if src.is_relative_to(REPO_ROOT) else src
         raise RunError(f"notebook {shown} for finding {fnd.key!r} does not exist yet; "
@@ -223,28 +223,53 @@ def notebook_params(key: str, model: str, params: dict[str, Any] | None = None, 
     return params
 
 
-def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
-                 force: bool = False, progress: bool = True, device: str = "auto") -> RunOutcome:
-    """Execute one finding's notebook for `model`; reuse the executed copy if nothing changed."""
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+@dataclass(frozen=True)
+class CacheState:
+    """Where one run's executed notebook goes, its content key, and whether a matching run is there."""
 
-    fnd = finding(key)
-    src = NOTEBOOK_DIR / fnd.notebook
-    params = notebook_params(key, model, params, scale=scale, device=device)
-    scale = params["scale"]
-    out_dir = results_dir(model)
-    out = out_dir / fnd.notebook
+    output: Path
+    cache_key: str
+    params: dict
+    fresh: bool
+
+
+def cache_state(key: "str | Finding", model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+                device: str = "auto", notebook_dir: Path | None = None) -> CacheState:
+    """The content cache's view of one run: the key covers the notebook file, the parameters and
+    the package source; `fresh` when the executed copy on disk carries that key and succeeded."""
+    fnd = finding(key) if isinstance(key, str) else key
+    src = (notebook_dir or NOTEBOOK_DIR) / fnd.notebook
+    params = notebook_params(fnd, model, params, scale=scale, device=device, notebook_dir=notebook_dir)
+    out = results_dir(model) / fnd.notebook
     key_material = json.dumps({"nb": hashlib.sha256(src.read_bytes()).hexdigest(), "params": params,
                                "src": source_hash()}, sort_keys=True, default=str)
     cache_key = hashlib.sha256(key_material.encode()).hexdigest()[:20]
-    if not force and out.exists():
+    fresh = False
+    if out.exists():
         try:
             meta = json.loads(out.read_text()).get("metadata", {}).get("harmprune", {})
         except (json.JSONDecodeError, OSError):
             meta = {}
-        if meta.get("cache_key") == cache_key and meta.get("status") == "ok":
-            return RunOutcome(fnd.key, out, True, 0.0)
+        fresh = meta.get("cache_key") == cache_key and meta.get("status") == "ok"
+    return CacheState(out, cache_key, params, fresh)
+
+
+def run_notebook(key: "str | Finding", model: str, params: dict[str, Any] | None = None, *, scale: str = "full",
+                 force: bool = False, progress: bool = True, device: str = "auto",
+                 notebook_dir: Path | None = None) -> RunOutcome:
+    """Execute one finding's notebook for `model`; reuse the executed copy if nothing changed."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    fnd = finding(key) if isinstance(key, str) else key
+    nb_dir = notebook_dir or NOTEBOOK_DIR
+    src = nb_dir / fnd.notebook
+    state = cache_state(fnd, model, params, scale=scale, device=device, notebook_dir=nb_dir)
+    params, cache_key, out = state.params, state.cache_key, state.output
+    scale = params["scale"]
+    out_dir = out.parent
+    if not force and state.fresh:
+        return RunOutcome(fnd.key, out, True, 0.0)
     tmp = out.with_name(f".{out.name}.running.ipynb")
     start = time.time()
     env_scale = os.environ.get("HARMPRUNE_SCALE")
@@ -258,7 +283,7 @@ def run_notebook(key: str, model: str, params: dict[str, Any] | None = None, *, 
     tail = ProgressTail(progress_path).start()
     try:
         pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name="python3",
-                            progress_bar=progress, cwd=str(NOTEBOOK_DIR), log_output=False)
+                            progress_bar=progress, cwd=str(nb_dir), log_output=False)
     except PapermillExecutionError as err:
         failed = out_dir / f"{fnd.notebook.removesuffix('.ipynb')}.failed.ipynb"
         if tmp.exists():
@@ -338,4 +363,4 @@ def executed_notebooks() -> dict[str, dict[str, Path]]:
     return found
 
 
-__all__ = ["RunError", "run", "run_notebook", "notebook_params", "parse_parameters", "executed_notebooks", "safe_name"]
+__all__ = ["RunError", "run", "run_notebook", "notebook_params", "cache_state", "CacheState", "parse_parameters", "executed_notebooks", "safe_name"]

@@ -219,7 +219,7 @@ def apply(model: str, mask: str | Path, out: str | Path, *, device: str = "cpu",
 # ----------------------------------------------------------------------------------------------
 def load(name: str, *, device: str | None = None, dtype: str | None = None, progress: bool = True) -> LoadedModel:
     """`models.load_model` with a one-line `ToolError` for a model that does not load, whatever
-    the cause. `device` None: CUDA when present, else CPU. `dtype`: one of `DTYPES` or None (the
+    the cause. `device` None or "auto": `device.plan` (CUDA when present, else CPU). `dtype`: one of `DTYPES` or None (the
     loader's default: float32 on CPU, bfloat16 on GPU); "auto" keeps a folder's own dtype."""
     import torch
 
@@ -228,13 +228,18 @@ def load(name: str, *, device: str | None = None, dtype: str | None = None, prog
 
     if dtype is not None and dtype not in DTYPES:
         raise ToolError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from .device import DeviceError, resolve_device
+    try:
+        shown = resolve_device(device or "auto")
+    except DeviceError as err:
+        raise ToolError(str(err)) from None
+    device = device or "auto"
     preset = resolve_preset(name)
     if dtype == "auto":
         torch_dtype: Any = "auto" if preset.source == "hub" else None
     else:
         torch_dtype = getattr(torch, dtype) if dtype else None
-    report(f"loading {name} on {device}", enabled=progress)
+    report(f"loading {name} on {shown}", enabled=progress)
     try:
         with _hf_progress(progress):
             loaded = load_model(name, device=device, dtype=torch_dtype)
