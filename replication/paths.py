@@ -42,6 +42,14 @@ def safe_name(name: str) -> str:
     return str(name).strip("/").replace("/", "--").replace(" ", "_")
 
 
+def shared_mode(tmp: str | Path) -> None:
+    """Give a `mkstemp` file (always 0600) the mode a plain `open` would: results, masks and caches
+    are meant to be read by collaborators and cluster jobs of other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see half a file."""
     path = Path(path)
@@ -50,6 +58,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        shared_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

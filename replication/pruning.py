@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 
 from .data import Example
-from .paths import atomic_write_json
+from .paths import atomic_write_json, shared_mode
 from .scoring import (
     FORMATS,
     Scores,
@@ -327,6 +327,7 @@ class Mask:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=header)
+            shared_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

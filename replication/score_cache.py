@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .data import Example
-from .paths import PACKAGE_DIR, atomic_write_json, cache_dir
+from .paths import PACKAGE_DIR, atomic_write_json, cache_dir, shared_mode
 from .scoring import Scores, compute_scores, weights_digest
 
 #: bump to invalidate every cached score (e.g. a format change)
@@ -59,6 +59,7 @@ def _save(path: Path, scores: Scores) -> None:
         tensors = {f"score/{k}": v.contiguous() for k, v in scores.items()}
         tensors.update({f"probe/{k}": v.contiguous() for k, v in (scores.probe or {}).items()})
         save_file(tensors, tmp)
+        shared_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -329,3 +329,21 @@ def test_check_tokenizes_names_file_and_line(tmp_path):
     check_tokenizes(tok, exs, "prune")
     with pytest.raises(UserDataError, match=r"d.jsonl:2: .*skip_response_tokens"):
         check_tokenizes(tok, exs, "prune", skip_response_tokens=50)
+
+
+def test_masks_and_json_are_readable_by_others(tmp_path):
+    import os
+    import stat
+
+    import torch
+
+    from replication.paths import atomic_write_json
+    from replication.pruning import Mask
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {"a": 1})
+        Mask({"m": torch.tensor([0, 2])}, {"m": (2, 2)}, None).save(tmp_path / "m.safetensors")
+    finally:
+        os.umask(old)
+    for name in ("r.json", "m.safetensors", "m.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
