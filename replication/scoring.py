@@ -378,8 +378,11 @@ class _ScoreHooks:
         out_f, in_f = dy.shape[-1], x.shape[-1]
         with torch.no_grad():
             if self.kind == "signed":
-                g = _mm_f32(dy.reshape(-1, out_f).t(), x.reshape(-1, in_f))
-                acc.add_(g.to(acc.device))
+                dy2, x2 = dy.reshape(-1, out_f), x.reshape(-1, in_f)
+                if dy2.dtype == x2.dtype == acc.dtype and dy2.device == acc.device:
+                    acc.addmm_(dy2.t(), x2)   # in place: no weight-sized temporary per batch
+                else:
+                    acc.add_(_mm_f32(dy2.t(), x2).to(acc.device))
             else:
                 B = dy.shape[0] if dy.dim() == 3 else 1
                 dy3 = dy.reshape(B, -1, out_f)
