@@ -5,22 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
+from test_cli import _toy_notebook   # the runner tests' toy notebook: a parameters cell and one body cell
 
 from replication import cli, cluster, findings, runner
 from replication.findings import Finding
 
 MODELS = ["organism-aligned", "organism-base"]
-
-
-def _toy_notebook(path: Path, body: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("model = 'x'\nscale = 'full'\nvalue = 1")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
 
 
 @pytest.fixture
