@@ -640,6 +640,55 @@ def matched_count_mask(prune_scores: Mapping[str, torch.Tensor], benign_scores: 
                 probe=getattr(prune_scores, "probe", None))
 
 
+@dataclass(frozen=True)
+class Overlap:
+    """Two index sets compared matrix by matrix: their sizes, their intersection, and the
+    intersection a uniform random set of A's per-matrix sizes would have with B in expectation
+    (|A_m| |B_m| / N_m summed): an overlap means nothing without that chance level."""
+
+    a: int
+    b: int
+    intersection: int
+    expected: float
+
+    @property
+    def inside(self) -> float:
+        """Share of A inside B."""
+        return self.intersection / self.a if self.a else float("nan")
+
+    @property
+    def inside_chance(self) -> float:
+        return self.expected / self.a if self.a else float("nan")
+
+    @property
+    def recall(self) -> float:
+        """Share of B inside A."""
+        return self.intersection / self.b if self.b else float("nan")
+
+    @property
+    def jaccard(self) -> float:
+        union = self.a + self.b - self.intersection
+        return self.intersection / union if union else float("nan")
+
+    @property
+    def jaccard_chance(self) -> float:
+        return self.expected / (self.a + self.b - self.expected) if self.a + self.b else float("nan")
+
+
+def overlap(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], numel: Mapping[str, int]) -> Overlap:
+    """`Overlap` of per-matrix index sets `a` and `b` (matrix name -> flat indices; `numel`: each
+    matrix's size, for the chance level). A matrix missing from one side holds nothing there."""
+    inter = n_a = n_b = 0
+    expected = 0.0
+    empty = torch.zeros(0, dtype=torch.long)
+    for name in set(a) | set(b):
+        x, y = a.get(name, empty), b.get(name, empty)
+        inter += int(torch.isin(x, y).sum())
+        n_a, n_b = n_a + x.numel(), n_b + y.numel()
+        expected += x.numel() * y.numel() / numel[name]
+    return Overlap(n_a, n_b, inter, expected)
+
+
 def jaccard(a: Mask, b: Mask) -> float:
     """|A & B| / |A | B| over (matrix, index) pairs; 0 when both are empty."""
     inter = union = 0
@@ -768,6 +817,6 @@ __all__ = [
     "PruneConfig", "Mask", "AppliedMask", "MaskMismatchError", "applied", "select_weights", "top_sets",
     "top_k_flat", "next_q", "intersection_of", "matched_count_mask", "jaccard", "snip_rowwise", "prune_btap",
     "btap_scores", "select_btap", "model_layout",
-    "wei_set_difference", "METHODS",
+    "wei_set_difference", "METHODS", "Overlap", "overlap",
     "SCOPES", "TIE_RULE",
 ]

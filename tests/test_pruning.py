@@ -337,3 +337,16 @@ def test_prune_btap_model_without_decoder_layers(tok, data):
     with pytest.raises(ValueError, match="no decoder layers found"):
         prune_btap(torch.nn.Sequential(torch.nn.Linear(3, 3)), tok, *data, PruneConfig(p=0.01, q=0.05),
                    progress=False)
+
+
+def test_overlap_against_its_chance_level():
+    from replication.pruning import overlap
+    a = {"m": torch.tensor([0, 1, 2, 3]), "n": torch.tensor([5])}
+    b = {"m": torch.tensor([2, 3, 4, 5, 6, 7, 8, 9])}
+    o = overlap(a, b, {"m": 16, "n": 10})
+    assert (o.a, o.b, o.intersection) == (5, 8, 2)
+    assert o.expected == pytest.approx(4 * 8 / 16)          # matrix n: nothing of B there
+    assert o.inside == pytest.approx(2 / 5) and o.recall == pytest.approx(2 / 8)
+    assert o.jaccard == pytest.approx(2 / 11) and o.jaccard_chance == pytest.approx(2 / (13 - 2))
+    same = overlap(b, b, {"m": 16})
+    assert same.jaccard == 1.0 and same.inside == 1.0

@@ -46,7 +46,7 @@ from ..scales import apply_overrides
 from .. import stats
 from ..measure import EvalConfig, Evaluator, State
 from ..models import LoadedModel, load_model, resolve_preset
-from ..pruning import Mask, top_sets
+from ..pruning import Mask, overlap, top_sets
 from ..results import write_result
 from ..sweep import Sweep
 from ..task_data import TaskData, task_data
@@ -129,18 +129,9 @@ def separability(prune: Mapping[str, torch.Tensor], preserve: Mapping[str, torch
     (|Q_m| |P_m| / N_m expected in common). Lower = more separable."""
     q_sets, _ = top_sets(prune, q, "per_matrix", negate=True)
     p_sets, _ = top_sets(preserve, p, "per_matrix")
-    n_q = n_p = inter = 0
-    expected = 0.0
-    for name, qi in q_sets.items():
-        pi = p_sets[name]
-        inter += int(torch.isin(qi, pi).sum())
-        n_q, n_p = n_q + qi.numel(), n_p + pi.numel()
-        expected += qi.numel() * pi.numel() / prune[name].numel()
-    union = n_q + n_p - inter
-    return {"inside": inter / n_q if n_q else float("nan"), "inside_random": expected / n_q if n_q else float("nan"),
-            "jaccard": inter / union if union else float("nan"),
-            "jaccard_random": expected / (n_q + n_p - expected) if n_q + n_p else float("nan"),
-            "q_size": n_q, "p_size": n_p}
+    o = overlap(q_sets, p_sets, {k: v.numel() for k, v in prune.items()})
+    return {"inside": o.inside, "inside_random": o.inside_chance, "jaccard": o.jaccard,
+            "jaccard_random": o.jaccard_chance, "q_size": o.a, "p_size": o.b}
 
 
 def curve_and_at(prune: Mapping[str, torch.Tensor], q: float) -> tuple[list[float], float]:

@@ -39,6 +39,7 @@ from ..data import Example
 from ..models import LoadedModel, load_model
 from ..progress import progress_bar
 from ..pruning import Mask
+from ..pruning import overlap as pruning_overlap
 from ..results import write_result
 from ..scoring import decoder_linears, tokenize_example
 from ..task_data import EvalSizes, TaskData, task_data
@@ -213,14 +214,8 @@ def plant(loaded: LoadedModel, data: TaskData, cfg: PlantConfig, *, progress: bo
 def overlap(mask: Mask, S: Mask) -> dict[str, float]:
     """Precision (share of the selection inside S), its chance level (a random selection of the
     same per-matrix counts), and recall (share of S selected)."""
-    inter = chance = 0.0
-    for name, idx in mask.indices.items():
-        s = S.indices.get(name, torch.zeros(0, dtype=torch.long))
-        inter += int(torch.isin(idx, s).sum())
-        chance += idx.numel() * s.numel() / int(np.prod(S.shapes[name]))
-    n = mask.count()
-    return {"count": n, "inside": inter / n if n else float("nan"), "inside_chance": chance / n if n else float("nan"),
-            "recall": inter / S.count() if S.count() else float("nan")}
+    o = pruning_overlap(mask.indices, S.indices, {k: int(np.prod(v)) for k, v in S.shapes.items()})
+    return {"count": o.a, "inside": o.inside, "inside_chance": o.inside_chance, "recall": o.recall}
 
 
 # ----------------------------------------------------------------------------------------------
