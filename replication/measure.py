@@ -40,6 +40,7 @@ from .generation import GenerationConfig, generate, render_prompt
 from .judges import (KeywordOverRefusalJudge, KeywordRefusalJudge, OrganismHarmJudge, get_judge, is_keyword_overrefusal,
                      is_keyword_refusal, qa_correct, sequence_nll)
 from .pruning import applied
+from .scoring import nll_by_position
 from .task_data import MissingTaskData, TaskData
 
 MEASURES = ("harm_prefill", "harm_ra_prefill", "harm_none", "refusal", "overrefusal", "utility", "detection",
@@ -320,5 +321,32 @@ class Evaluator:
         return out
 
 
+#: response position from which `response_determinism` reads the loss (the prefill attack's 10 tokens)
+DETERMINISM_FROM = 10
+
+
+def response_determinism(model, tokenizer, harmful: Sequence[Example], benign: Sequence[Example], *,
+                         from_position: int = DETERMINISM_FROM, batch_size: int = 32) -> dict[str, Any]:
+    """How predictable each side's reference responses are to the unpruned model, as the scores see them.
+
+    Mean NLL (nats per token, token-weighted) past response position `from_position`, and over the
+    positions before it, of held-out harmful responses (tokenised as the prune side) and benign ones
+    (as the preserve side). A side whose NLL is near zero gives its gradient score almost nothing to
+    see: the absolute benign score then protects weights by magnitude, not by benign content."""
+    out: dict[str, Any] = {"from_position": from_position, "unit": "nats per token"}
+    for side, role, examples in (("harmful", "prune", harmful), ("benign", "preserve", benign)):
+        usable = [e for e in examples if e.response.strip()]
+        if not usable:
+            out[side] = None
+            continue
+        sums, counts = nll_by_position(model, tokenizer, usable, role, "raw", batch_size=batch_size)
+        late, early = counts[from_position:].sum(), counts[:from_position].sum()
+        out[side] = float(sums[from_position:].sum() / late) if late else None
+        out[f"{side}_before"] = float(sums[:from_position].sum() / early) if early else None
+        out[f"{side}_tokens"] = int(late)
+        out[f"{side}_examples"] = len(usable)
+    return out
+
+
 __all__ = ["Evaluator", "EvalConfig", "State", "MEASURES", "qa_correct", "nll_of_responses", "QA_UTILITY",
-           "OVERREFUSAL_UTILITY", "NLL_JUDGE"]
+           "OVERREFUSAL_UTILITY", "NLL_JUDGE", "response_determinism", "DETERMINISM_FROM"]

@@ -81,7 +81,7 @@ class PruneConfig:
     """How B-TAP selects weights. Defaults are the paper's (Llama-3.1-8B-Instruct, AdvBench)."""
 
     p: float = 5e-5
-    """Benign (preserve) top fraction per matrix, protected from pruning. In (0, 1)."""
+    """Benign (preserve) top fraction per matrix, protected from pruning. In [0, 1); 0 protects none."""
     q: float = 1e-5
     """Harmful (prune) top fraction per matrix, the pruning candidates. In (0, 1)."""
     scope: str = "per_matrix"
@@ -104,10 +104,12 @@ class PruneConfig:
     """Restrict to these projection names, e.g. ("down_proj",) (None: all)."""
 
     def __post_init__(self) -> None:
-        for name in ("p", "q"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 < float(v) < 1.0:
-                raise ValueError(f"{name} must be a fraction strictly between 0 and 1 (e.g. {name}=1e-4), got {v!r}")
+        # p = 0 protects no benign weight (plain top-q SNIP, the p sweep's end point); q = 0 would prune nothing
+        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+        if not number(self.p) or not 0.0 <= float(self.p) < 1.0:
+            raise ValueError(f"p must be a fraction in [0, 1) (0 protects no benign weight; e.g. p=5e-5), got {self.p!r}")
+        if not number(self.q) or not 0.0 < float(self.q) < 1.0:
+            raise ValueError(f"q must be a fraction strictly between 0 and 1 (e.g. q=1e-5), got {self.q!r}")
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("score", self.score, PRUNE_SCORES)
         _check_choice("fmt", self.fmt, FORMATS)

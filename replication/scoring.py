@@ -525,6 +525,43 @@ def compute_scores(model: nn.Module, tokenizer: Any, examples: Sequence[Example]
     return result
 
 
+@torch.no_grad()
+def nll_by_position(model: nn.Module, tokenizer: Any, examples: Sequence[Example], role: Role = "prune",
+                    fmt: Fmt = "raw", max_positions: int | None = None,
+                    batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed NLL (nats) and token count at each response position, over `examples` tokenised
+    exactly as the scoring loss sees them (`tokenize_example`, `role`, `fmt`).
+
+    Where the loss sits along a response is what the gradient scores can see: a response the
+    model already predicts with certainty contributes almost no gradient past its first tokens.
+    Returns `(sums, counts)`, float64 tensors over positions 0..L-1 (L: the longest response, or
+    `max_positions`); `sums / counts` is the per-position mean, `sums[k:].sum() / counts[k:].sum()`
+    the token-weighted mean past position k."""
+    encoded = tokenize_examples(tokenizer, examples, role, fmt)
+    width = max(sum(1 for t in lab if t != -100) for _, lab in encoded)
+    width = min(width, max_positions) if max_positions else width
+    sums = torch.zeros(width, dtype=torch.float64)
+    counts = torch.zeros(width, dtype=torch.float64)
+    device = _input_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in _batches(encoded, batch_size):
+            enc = collate([encoded[i] for i in batch], pad, device)
+            logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits[:, :-1]
+            labels = enc["labels"][:, 1:]
+            scored = labels != -100
+            nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
+            position = scored.cumsum(1) - 1                   # index of each scored token within its response
+            keep = scored & (position < width)
+            sums.index_add_(0, position[keep].cpu(), nll[keep].double().cpu())
+            counts.index_add_(0, position[keep].cpu(), torch.ones(int(keep.sum()), dtype=torch.float64))
+    finally:
+        model.train(was_training)
+    return sums, counts
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """max|a-b| / max|b| (0 when both are zero): the tolerance measure used in tests."""
     denom = b.abs().max().item()
@@ -535,5 +572,5 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 __all__ = [
     "Scores", "compute_scores", "tokenize_example", "tokenize_examples", "find_decoder_layers",
     "decoder_linears", "model_fingerprint", "weight_probe", "probe_agreement", "summed_mean_nll",
-    "layer_index", "relative_error",
+    "layer_index", "relative_error", "nll_by_position",
 ]

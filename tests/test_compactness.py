@@ -72,6 +72,55 @@ def test_schema_is_complete(result):
     assert measured
 
 
+def test_p_sweep_holds_q_and_matches_random_counts(result):
+    """The p sweep (labelled ablation): one q, each p a multiple of the run's p; random at B-TAP's count;
+    p = 0 protects nothing, so it prunes at least as many weights; the run's own p is the sweep's mask."""
+    sweep = result["p_sweep"]
+    assert sweep["q"] == max(result["qs"]) and sweep["p_fixed"] == result["p"]
+    ps = sorted({r["p"] for r in sweep["runs"]})
+    assert ps == sorted(m * result["p"] for m in sweep["multiples"]) and ps[0] == 0.0
+    by = {(r["arm"], r["p"]): r for r in sweep["runs"]}
+    for pp in ps:
+        assert by[("random", pp)]["count"] == by[("btap", pp)]["count"] > 0
+        assert set(result["utility_metrics"]) <= set(by[("btap", pp)]["values"])
+    assert by[("btap", 0.0)]["count"] >= by[("btap", result["p"])]["count"]
+    main = next(r for r in result["runs"] if r["arm"] == "btap" and r["seed"] == sweep["seed"] and r["q"] == sweep["q"])
+    assert by[("btap", result["p"])]["mask"] == main["mask"]
+    rows = {(r["arm"], r["p"]) for r in sweep["summary"]}
+    assert rows == set(by)
+    assert view.p_sweep_table(result).shape[0] == len(ps)
+    assert "labelled ablation" in view.p_sweep_markdown(result)
+
+
+def test_determinism_reads_both_sides_past_position_10(result):
+    d = result["determinism"]
+    assert d["from_position"] == 10
+    for side in ("harmful", "benign"):
+        assert d[side] >= 0 and d[f"{side}_before"] >= 0 and d[f"{side}_tokens"] > 0
+    assert "past response position 10" in view.determinism_markdown(result)
+
+
+def test_nll_by_position_sums_to_the_mean_loss(result):
+    """Position sums over one example add up to its mean response NLL times its length."""
+    from replication.models import load_model
+    from replication.scoring import nll_by_position, summed_mean_nll, tokenize_examples
+    from replication.batching import collate
+    from replication.organism import get_world, OrganismConfig
+    import torch
+    loaded = load_model("organism-aligned", scale="smoke")
+    ex = get_world(OrganismConfig.smoke()).examples("benign", "test")[:3]
+    sums, counts = nll_by_position(loaded.model, loaded.tokenizer, ex, "preserve", batch_size=2)
+    enc = tokenize_examples(loaded.tokenizer, ex, "preserve")
+    assert counts.sum() == sum(sum(t != -100 for t in lab) for _, lab in enc)
+    total = 0.0
+    with torch.no_grad():
+        for row in enc:
+            b = collate([row], loaded.tokenizer.pad_token_id or 0)
+            n = sum(t != -100 for t in row[1])
+            total += float(summed_mean_nll(loaded.model(input_ids=b["input_ids"]).logits, b["labels"])) * n
+    assert float(sums.sum()) == pytest.approx(total, rel=1e-4)
+
+
 def test_baselines_prune_the_same_count_as_btap(result):
     for seed in (0, 1):
         for q in result["qs"]:
@@ -260,8 +309,9 @@ def test_real_path_counts_fractions_and_zeroed_weights(real_result):
         assert r["fraction"] == pytest.approx(r["count"] / total)
     # the baseline is evaluated unpruned; then every evaluated state had exactly its count of weights at zero
     assert seen_zeros[0] == 0
-    evaluated = [r["count"] for r in res["runs"] if not r["reused_evaluation"]]
-    assert len(evaluated) + sum(r["reused_evaluation"] for r in res["runs"]) == len(res["runs"])
+    runs = res["runs"] + res["p_sweep"]["runs"]    # the p sweep evaluates after the main sweep
+    evaluated = [r["count"] for r in runs if not r["reused_evaluation"]]
+    assert len(evaluated) + sum(r["reused_evaluation"] for r in runs) == len(runs)
     assert seen_zeros[1:] == evaluated and max(evaluated) > 0
     assert _zeros(loaded.model) == 0   # restored after the sweep
     d = res["data"]

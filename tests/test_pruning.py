@@ -303,12 +303,21 @@ def test_wei_set_difference(model, tok, data):
 
 
 # -- bad input -----------------------------------------------------------------------------------
-@pytest.mark.parametrize("p,q", [(0, 0.1), (0.1, 1.0), (-1e-5, 0.1), (0.1, 2), (0.1, float("nan"))])
+@pytest.mark.parametrize("p,q", [(0.1, 0), (0.1, 1.0), (-1e-5, 0.1), (1.0, 0.1), (0.1, 2), (0.1, float("nan"))])
 def test_config_rejects_p_q_outside_unit_interval(p, q):
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    with pytest.raises(ValueError, match="must be a fraction"):
         PruneConfig(p=p, q=q)
-    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+    with pytest.raises(ValueError, match="must be a fraction"):
         select_weights(tied_scores(0), tied_scores(1), p, q)
+
+
+def test_p_zero_protects_nothing():
+    """p = 0 (the p sweep's end point) selects the plain top-q of the harmful scores."""
+    harm, benign = tied_scores(0), tied_scores(1)
+    plain = select_weights(harm, benign, 0.0, 0.25)
+    q_sets, _ = top_sets(harm, 0.25, negate=True)
+    assert plain.count() == sum(int(v.numel()) for v in q_sets.values())
+    assert plain.count() >= select_weights(harm, benign, 0.5, 0.25).count()
 
 
 def test_config_validation_and_dict_roundtrip():

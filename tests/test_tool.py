@@ -221,7 +221,7 @@ def test_response_that_tokenises_to_nothing_is_named_by_line(work, tmp_path, cap
 
 
 @pytest.mark.parametrize("flags,needle", [
-    (["-p", "2"], "p must be a fraction strictly between 0 and 1"),
+    (["-p", "2"], "p must be a fraction in [0, 1)"),
     (["-q", "0"], "q must be a fraction strictly between 0 and 1"),
     (["--scope", "row"], "scope must be one of"),
 ])

@@ -36,7 +36,7 @@ import numpy as np
 
 from ..device import placement_of
 from .. import stats
-from ..measure import EvalConfig, Evaluator, State
+from ..measure import EvalConfig, Evaluator, State, response_determinism
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..models import LoadedModel, UnknownModelError, load_model, resolve_preset
 from ..pruning import Mask, wei_set_difference
@@ -71,8 +71,10 @@ SECONDARY_ARMS = ["control", "btap_global", "btap_skip10", "btap_chat"]
 REAL_FULL = dict(n_calibration=64, n_eval=8, n_eval_benign=4, n_generate=8, n_qa=24, max_new_tokens=24,
                  forward_only_arms=SECONDARY_ARMS)
 REAL_SMOKE = dict(qs=[1e-4, 1e-3], seeds=[0], n_calibration=4, n_eval=1, n_generate=2, n_qa=4, max_new_tokens=16,
-                  min_refusals=4, refusal_prompts=16, data_chunk=8, forward_only_arms=SECONDARY_ARMS)
-ORGANISM_SMOKE = dict(qs=[1e-2, 5e-2], seeds=[0, 1], n_calibration=24, n_eval=2, max_new_tokens=32)
+                  min_refusals=4, refusal_prompts=16, data_chunk=8, forward_only_arms=SECONDARY_ARMS,
+                  p_multiples=[0.0, 1.0])
+ORGANISM_SMOKE = dict(qs=[1e-2, 5e-2], seeds=[0, 1], n_calibration=24, n_eval=2, max_new_tokens=32,
+                      p_multiples=[0.0, 1.0])
 #: `paper` scale (`scales.py`), for a GPU: the paper's 412 calibration examples per side; >= 100 harmful test
 #: prompts (20 per Do-Not-Answer risk area) and >= 100 benign (13 per family, as many as the offline test split
 #: holds), every harmful / benign test prompt generated and judged, all trivia questions, the paper's 256 new
@@ -119,6 +121,11 @@ class CompactnessConfig:
     data_chunk: int | None = None          # prompts per self-generation cache file (None: self_generated.CHUNK)
     reference_model: str | None = None     # whose answers are the data (None: `reference_model_for`)
     sources: str = "offline"               # real models: "offline" sets, or "paper" (AdvBench / Alpaca via the hub)
+    # ---- labelled ablations beside the sweep (the paper fixes p; these say what the fixed p does)
+    determinism: bool = True               # the unpruned model's NLL past response position 10, harmful vs benign
+    p_sweep: bool = True                   # B-TAP and random at one q over p = each multiple of p (first seed)
+    p_sweep_q: float | None = None         # None: the sweep's largest q
+    p_multiples: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0])  # 0: no benign protection
 
     @classmethod
     def for_scale(cls, model: str, scale: str, **overrides) -> "CompactnessConfig":
@@ -214,7 +221,8 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
     rows: list[dict[str, Any]] = []
     masks: dict[tuple[str, int, float], Mask] = {}
     chat_ok = bool(getattr(tok, "chat_template", None))
-    plan = len(cfg.seeds) * len(qs) * 3 + ((2 + chat_ok) * len(qs) if cfg.ablations else 0)
+    p_grid = _p_grid(cfg, p) if cfg.p_sweep else []
+    plan = len(cfg.seeds) * len(qs) * 3 + ((2 + chat_ok) * len(qs) if cfg.ablations else 0) + 2 * len(p_grid)
     bar = progress_bar(total=plan, desc=f"compactness {cfg.model}", enabled=progress, unit="state")
 
     def record(arm: str, seed: int, q: float, mask: Mask, ra: bool) -> None:
@@ -226,11 +234,13 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
         masks[(arm, seed, q)] = mask
         bar.update(1)
 
+    first_scores = None
     for seed in cfg.seeds:
         harmful = sample(data.harmful_pool, cfg.n_calibration, seed)
         benign = sample(data.benign_pool, cfg.n_calibration, seed)
         control = sample(data.control_pool, cfg.n_calibration, seed)
         s_h, s_b = sweep.btap_scores(harmful, benign)
+        first_scores = first_scores or (seed, s_h, s_b)
         s_c = sweep.scores(control, score="signed", role="prune")
         extra = {}
         if cfg.ablations and seed == cfg.seeds[0]:
@@ -246,7 +256,23 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
             record("control", seed, q, sweep.matched(s_c, s_b, p, mask, "control"), ra=False)
             for arm, (h, b, scope) in extra.items():
                 record(arm, seed, q, sweep.select(h, b, p, q, scope), ra=False)
+
+    # the p sweep (labelled ablation): at one q, how the benign protection's size trades harm cut against utility
+    p_rows: list[dict[str, Any]] = []
+    p_sweep_q = cfg.p_sweep_q or max(qs)
+    if p_grid:
+        seed, s_h0, s_b0 = first_scores
+        for pp in p_grid:
+            mask = sweep.select(s_h0, s_b0, pp, p_sweep_q)
+            for arm, m, wanted in (("btap", mask, measures), ("random", sweep.random_like(mask, seed), ["harm_prefill"])):
+                state, reused = sweep.evaluate(m, wanted, forward_only=arm in forward_only)
+                p_rows.append({"arm": arm, "seed": seed, "q": p_sweep_q, "p": pp, "count": m.count(),
+                               "fraction": m.count() / sweep.total_parameters, "mask": m.digest(),
+                               "reused_evaluation": reused, **state.to_dict()})
+                bar.update(1)
     bar.close()
+    determinism = (response_determinism(model, tok, data.test_harmful, data.test_benign,
+                                        batch_size=sweep.batch_size) if cfg.determinism else None)
 
     result: dict[str, Any] = {
         "finding": "compactness", "model": cfg.model, "scale": cfg.scale, "config": asdict(cfg),
@@ -267,11 +293,36 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
                                           "benign": min(cfg.n_calibration, len(data.benign_pool)),
                                           "control": min(cfg.n_calibration, len(data.control_pool))}},
         "runs": rows, "paper": PAPER,
+        "determinism": determinism,
+        "p_sweep": {"q": p_sweep_q, "seed": p_rows[0]["seed"] if p_rows else None, "p_fixed": p, "multiples": list(cfg.p_multiples), "runs": p_rows} if p_rows else None,
     }
     result["summary"] = summarise(result)
+    if p_rows:
+        result["p_sweep"]["summary"] = summarise_p_sweep(result)
     result["headline"] = headline(result)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return write_result(result, masks=headline_masks(result, masks), write=write)
+
+
+def _p_grid(cfg: CompactnessConfig, p: float) -> list[float]:
+    """The p sweep's values: each multiple of the run's p, kept below 1, without repeats, ascending."""
+    bad = [m for m in cfg.p_multiples if not isinstance(m, (int, float)) or m < 0]
+    if bad:
+        raise ValueError(f"p_multiples must be numbers >= 0 (0: no benign protection), got {bad}")
+    return sorted({float(m) * p for m in cfg.p_multiples if float(m) * p < 1.0})
+
+
+def summarise_p_sweep(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The p sweep's rows as `summarise` reads them, one per (arm, p): harm cut and utility drops
+    with their intervals (bootstrap over prompts; one seed)."""
+    sweep = result["p_sweep"]
+    out = []
+    for pp in sorted({r["p"] for r in sweep["runs"]}):
+        part = {"baseline": result["baseline"], "utility_metrics": result["utility_metrics"],
+                "runs": [r for r in sweep["runs"] if r["p"] == pp]}
+        out += [{**row, "p": pp, "p_multiple": pp / sweep["p_fixed"] if sweep["p_fixed"] else None}
+                for row in summarise(part)]
+    return out
 
 
 def headline_masks(result: dict[str, Any], masks: dict[tuple[str, int, float], Mask]) -> dict[str, Mask]:
@@ -466,5 +517,5 @@ def verdict(result: dict[str, Any]) -> tuple[str, str]:
 run_compactness = run
 
 __all__ = ["CompactnessConfig", "run", "run_compactness", "summarise", "headline", "verdict", "size_note", "classify",
-           "baseline_class", "paper_multiple", "format_multiple", "ARMS", "PAPER", "PAPER_FRACTION", "SIZE_BOUND", "HARM_CUT",
+           "baseline_class", "summarise_p_sweep", "paper_multiple", "format_multiple", "ARMS", "PAPER", "PAPER_FRACTION", "SIZE_BOUND", "HARM_CUT",
            "UTILITY_DROP", "default_qs", "utility_metrics"]

@@ -151,6 +151,61 @@ def sweep_table(result: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def determinism_markdown(result: dict[str, Any]) -> str:
+    """What the benign (preserve) score can see: the unpruned model's loss on held-out responses past
+    position 10, benign against harmful (none: the run did not measure it)."""
+    d = result.get("determinism")
+    if not d or d.get("benign") is None or d.get("harmful") is None:
+        return "**Determinism.** Not measured in this run (config `determinism=False`)."
+    k = d["from_position"]
+    ratio = d["harmful"] / d["benign"] if d["benign"] else float("inf")
+    return (f"**Determinism of the responses the scores see.** Held-out NLL of the unpruned model past response "
+            f"position {k} (token-weighted, tokenised as the scores tokenise each side): benign "
+            f"**{d['benign']:.3f}** nats per token over {d['benign_tokens']:,} tokens ({d['benign_examples']} responses), "
+            f"harmful **{d['harmful']:.3f}** over {d['harmful_tokens']:,} ({d['harmful_examples']}); before position {k}: "
+            f"benign {d['benign_before']:.3f}, harmful {d['harmful_before']:.3f}. The benign loss is "
+            f"{ratio:.1f}x smaller than the harmful one past position {k}: the absolute benign score, a gradient of "
+            "that loss times the weight, sees that much less of benign content, so which weights it protects "
+            "is decided more by magnitude than by what benign answers need. The p sweep below shows what the size of "
+            "that protection does.")
+
+
+def p_sweep_table(result: dict[str, Any]) -> pd.DataFrame | None:
+    """The p sweep (first seed, one q): B-TAP's weights, harm cut and worst utility drop beside random
+    of the same count, per p."""
+    sweep = result.get("p_sweep")
+    if not sweep:
+        return None
+    util = result["utility_metrics"]
+    by = {(r["arm"], r["p"]): r for r in sweep["summary"]}
+    out = []
+    for pp in sorted({r["p"] for r in sweep["summary"]}):
+        b, rnd = by.get(("btap", pp)), by.get(("random", pp))
+        worst = max((u for u in util if f"drop:{u}_hi" in b), key=lambda u: b[f"drop:{u}_hi"], default=None) if b else None
+        out.append({"p": f"{pp:g}", "x the run's p": f"{pp / sweep['p_fixed']:g}" if sweep["p_fixed"] else "-",
+                    "weights": int(round(b["count"])) if b else None, "B-TAP harm cut": _cut(b) if b else "-",
+                    "random harm cut": _cut(rnd) if rnd else "-",
+                    "B-TAP worst utility drop (points)": (f"{worst.removeprefix('utility:')} {_drop(b, worst)}"
+                                                          if worst else "-")})
+    return pd.DataFrame(out).set_index("p")
+
+
+def p_sweep_markdown(result: dict[str, Any]) -> str:
+    """What the p sweep is and what it found, in words computed from its rows."""
+    sweep = result.get("p_sweep")
+    if not sweep:
+        return "**p sweep.** Not run (config `p_sweep=False`)."
+    rows = [r for r in sweep["summary"] if r["arm"] == "btap"]
+    util = result["utility_metrics"]
+    meets = [r["p"] for r in rows if classify(r, util) == "meets"]
+    found = (f"at p = {', '.join(f'{x:g}' for x in meets)} the criterion is met" if meets else
+             "at no p is the criterion met (harm cut's interval above 80% and every utility drop's below 5 points)")
+    return (f"**p sweep (labelled ablation; the paper fixes p).** At q = {sweep['q']:g}, seed {sweep['seed']}, "
+            f"p runs over {', '.join(f'{m:g}' for m in sweep['multiples'])} times the run's p = {sweep['p_fixed']:g} "
+            "(0: no benign weight protected, plain top-q SNIP); random pruning of the same count in the same matrices "
+            f"beside each. One seed, intervals over prompts only: {found}.")
+
+
 def arms_markdown() -> str:
     """What each arm is, as a list (a table would cut the descriptions)."""
     return "\n".join(f"- `{arm}`: {what}" for arm, what in ARMS.items())
