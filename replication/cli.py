@@ -17,7 +17,7 @@ def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m replication", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="execute finding notebooks with papermill into results/<model>/")
-    run.add_argument("finding", help=f"one of: all, {', '.join(FINDINGS)}")
+    run.add_argument("finding", nargs="+", help=f"one or more of: all, {', '.join(FINDINGS)}")
     run.add_argument("--model", default=None, help="preset name, hub id or local folder (default: organism-aligned)")
     run.add_argument("--models", nargs="+", default=None, metavar="NAME", help="several models (one job each with --executor)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
@@ -53,13 +53,18 @@ def _run(args: argparse.Namespace) -> int:
         raise RunError("give --model NAME or --models A B ..., not both")
     models = args.models or [args.model or DEFAULT_MODEL]
     params = parse_parameters(args.param)
+    targets = list(dict.fromkeys(args.finding))
+    if "all" in targets and len(targets) > 1:
+        raise RunError(f"`all` already runs every finding: give `all` or finding names ({' '.join(targets)})")
     if args.executor is None:
         for model in models:
-            run(args.finding, model, params, scale=args.scale, force=args.force, progress=not args.no_progress,
-                device=args.device)
+            for target in targets:
+                run(target, model, params, scale=args.scale, force=args.force, progress=not args.no_progress,
+                    device=args.device)
         return 0
     from .cluster import SlurmSettings, jobs_for, submit
-    jobs = jobs_for(args.finding, models, params, scale=args.scale, device=args.device, force=args.force)
+    jobs = [job for target in targets
+            for job in jobs_for(target, models, params, scale=args.scale, device=args.device, force=args.force)]
     slurm = SlurmSettings(partition=args.slurm_partition, gpus_per_job=args.gpus_per_job, timeout_min=args.timeout_min,
                           mem_gb=args.mem_gb, cpus_per_job=args.cpus_per_job)
     outcomes = submit(jobs, args.executor, folder=Path(args.log_dir) if args.log_dir else None,

@@ -176,8 +176,8 @@ def resolve_preset(name: str) -> Preset:
 
 
 #: the description of a model no preset knows: what it is run with
-GENERIC = ("no preset for this model: generic settings (chat format, aligned role, no counterpart, the paper's "
-           "p = 5e-5 and q = 1e-5)")
+GENERIC = ("no preset for this model: generic settings (chat format, aligned role, no counterpart; p and q default "
+           "to the paper's 5e-5 and 1e-5 where the run sets none)")
 
 
 def canonical_name(name: str) -> str:

@@ -82,3 +82,28 @@ def test_bad_input_fails_before_anything_is_submitted(toy, capsys):
     assert cli.main(["run", "toy_a", "--model", "a", "--models", "b", "--executor", "local"]) == 1
     with pytest.raises(ValueError, match="max_parallel"):
         cluster.submit([], "local", max_parallel=0)
+
+
+#: two of the book's own notebooks (the cheapest at smoke scale), not toys: the issue's done-when as a user runs it
+REAL_FINDINGS = ["compactness", "dissociation"]
+
+
+def test_real_smoke_notebooks_on_two_models_in_one_command_then_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HARMPRUNE_RESULTS", str(tmp_path / "results"))
+    argv = ["run", *REAL_FINDINGS, "--models", *MODELS, "--scale", "smoke", "--executor", "local",
+            "--max-parallel", "2", "--no-progress"]
+    assert cli.main([*argv, "--log-dir", str(tmp_path / "logs")]) == 0
+    err = capsys.readouterr().err
+    assert "4 job(s) to run through the local executor (0 cached)" in err and "4 ran, 0 cached, 0 failed" in err
+    for model in MODELS:
+        for key in REAL_FINDINGS:
+            res = json.loads((tmp_path / "results" / model / f"{key}.json").read_text())
+            assert res["model"] == model and res["scale"] == "smoke" and res["finding"] == key
+    assert cli.main([*argv, "--log-dir", str(tmp_path / "logs2")]) == 0
+    assert "4 job(s): all cached, nothing submitted" in capsys.readouterr().err
+    assert not (tmp_path / "logs2").exists()
+
+
+def test_all_goes_alone(capsys):
+    assert cli.main(["run", "all", "compactness", "--executor", "local"]) == 1
+    assert "`all` already runs every finding" in capsys.readouterr().err

@@ -122,3 +122,38 @@ def test_every_topic_can_be_sampled_in_every_split(seed):
         assert all(splits[s] for s in ("train", "validation", "test")), (topic, {k: len(v) for k, v in splits.items()})
         sets = [set(splits[s]) for s in ("train", "validation", "test")]
         assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2]), topic
+
+
+def test_a_second_process_waits_for_the_training_and_does_not_retrain(tmp_path, monkeypatch):
+    """Parallel jobs that need one organism: the second waits on the lock, then finds it trained."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    import replication.organism as organism
+    monkeypatch.setenv("HARMPRUNE_CACHE", str(tmp_path))
+    config = OrganismConfig.smoke()
+    root = organism.organism_root(config)
+    root.parent.mkdir(parents=True)
+    lock = root.parent / f".{root.name}.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(1.5)"), str(lock)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+
+    def trained_elsewhere() -> None:   # what the holder "trains" while it holds the lock
+        time.sleep(0.5)
+        for name in organism.ORGANISM_NAMES:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            for f in ("config.json", "model.safetensors", "tokenizer.json"):
+                (root / name / f).write_text("{}")
+
+    builds = []
+    monkeypatch.setattr(organism, "build", lambda *a, **k: builds.append(1))
+    threading.Thread(target=trained_elsewhere).start()
+    t0 = time.perf_counter()
+    folder = checkpoint_dir("organism-aligned", config, progress=False)
+    assert time.perf_counter() - t0 >= 1.0       # it waited for the holder's lock ...
+    assert folder == root / "organism-aligned" and not builds   # ... and did not train again
+    holder.wait(timeout=10)

@@ -9,6 +9,8 @@ config always loads the same weights and a changed one trains afresh.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -126,8 +128,27 @@ def checkpoint_dir(name: str, config: OrganismConfig | None = None, *, progress:
     config = config or OrganismConfig.full()
     root = organism_root(config)
     if not all(_complete(root / n) for n in ORGANISM_NAMES):
-        build(config, progress=progress)
+        with _training_lock(root, progress):   # parallel jobs wait for one training, never train twice
+            if not all(_complete(root / n) for n in ORGANISM_NAMES):
+                build(config, progress=progress)
     return root / name
+
+
+@contextlib.contextmanager
+def _training_lock(root: Path, progress: bool):
+    """An exclusive lock beside the organism's cache folder (`flock`, released when the process
+    ends): a second process that needs the same organism waits for the first to finish training."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            report_progress(f"another process is training the organism {root.name}; waiting for it", enabled=progress)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def build(config: OrganismConfig, *, progress: bool = True) -> Path:
