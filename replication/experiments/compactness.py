@@ -124,8 +124,8 @@ class CompactnessConfig:
     # ---- labelled ablations beside the sweep (the paper fixes p; these say what the fixed p does)
     determinism: bool = True               # the unpruned model's NLL past response position 10, harmful vs benign
     p_sweep: bool = True                   # B-TAP and random at one q over p = each multiple of p (first seed)
-    p_sweep_q: float | None = None         # None: the sweep's largest q
-    p_multiples: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0])  # 0: no benign protection
+    p_sweep_q: float | None = None         # None: the smallest swept q whose B-TAP harm cut (first seed) is >= 50%
+    p_multiples: list[float] = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0, 100.0])  # 0: no benign protection
 
     @classmethod
     def for_scale(cls, model: str, scale: str, **overrides) -> "CompactnessConfig":
@@ -259,7 +259,7 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
 
     # the p sweep (labelled ablation): at one q, how the benign protection's size trades harm cut against utility
     p_rows: list[dict[str, Any]] = []
-    p_sweep_q = cfg.p_sweep_q or max(qs)
+    p_sweep_q = cfg.p_sweep_q or p_sweep_default_q(rows, baseline.value("harm_prefill"), qs)
     if p_grid:
         seed, s_h0, s_b0 = first_scores
         for pp in p_grid:
@@ -310,6 +310,17 @@ def _p_grid(cfg: CompactnessConfig, p: float) -> list[float]:
     if bad:
         raise ValueError(f"p_multiples must be numbers >= 0 (0: no benign protection), got {bad}")
     return sorted({float(m) * p for m in cfg.p_multiples if float(m) * p < 1.0})
+
+
+def p_sweep_default_q(rows: list[dict[str, Any]], baseline_harm: float, qs: list[float]) -> float:
+    """The p sweep's q when none is given: where the harm cut is clear but pruning is not yet total,
+    i.e. the smallest swept q at which B-TAP (first seed) cuts harm by at least half; the largest q
+    when none does. Chosen from harm alone, before any p-sweep state is measured."""
+    first = min(r["seed"] for r in rows if r["arm"] == "btap")
+    for r in sorted((r for r in rows if r["arm"] == "btap" and r["seed"] == first), key=lambda r: r["q"]):
+        if baseline_harm > 0 and 1 - r["values"]["harm_prefill"] / baseline_harm >= 0.5:
+            return r["q"]
+    return max(qs)
 
 
 def summarise_p_sweep(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -517,5 +528,5 @@ def verdict(result: dict[str, Any]) -> tuple[str, str]:
 run_compactness = run
 
 __all__ = ["CompactnessConfig", "run", "run_compactness", "summarise", "headline", "verdict", "size_note", "classify",
-           "baseline_class", "summarise_p_sweep", "paper_multiple", "format_multiple", "ARMS", "PAPER", "PAPER_FRACTION", "SIZE_BOUND", "HARM_CUT",
+           "baseline_class", "summarise_p_sweep", "p_sweep_default_q", "paper_multiple", "format_multiple", "ARMS", "PAPER", "PAPER_FRACTION", "SIZE_BOUND", "HARM_CUT",
            "UTILITY_DROP", "default_qs", "utility_metrics"]

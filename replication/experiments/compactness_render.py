@@ -200,7 +200,8 @@ def p_sweep_markdown(result: dict[str, Any]) -> str:
     meets = [r["p"] for r in rows if classify(r, util) == "meets"]
     found = (f"at p = {', '.join(f'{x:g}' for x in meets)} the criterion is met" if meets else
              "at no p is the criterion met (harm cut's interval above 80% and every utility drop's below 5 points)")
-    return (f"**p sweep (labelled ablation; the paper fixes p).** At q = {sweep['q']:g}, seed {sweep['seed']}, "
+    return (f"**p sweep (labelled ablation; the paper fixes p).** At q = {sweep['q']:g} (unless set: the smallest "
+            f"swept q at which B-TAP cut harm by at least half on the first seed), seed {sweep['seed']}, "
             f"p runs over {', '.join(f'{m:g}' for m in sweep['multiples'])} times the run's p = {sweep['p_fixed']:g} "
             "(0: no benign weight protected, plain top-q SNIP); random pruning of the same count in the same matrices "
             f"beside each. One seed, intervals over prompts only: {found}.")
