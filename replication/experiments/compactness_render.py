@@ -164,10 +164,10 @@ def determinism_markdown(result: dict[str, Any]) -> str:
             f"**{d['benign']:.3f}** nats per token over {d['benign_tokens']:,} tokens ({d['benign_examples']} responses), "
             f"harmful **{d['harmful']:.3f}** over {d['harmful_tokens']:,} ({d['harmful_examples']}); before position {k}: "
             f"benign {d['benign_before']:.3f}, harmful {d['harmful_before']:.3f}. The benign loss is "
-            f"{ratio:.1f}x smaller than the harmful one past position {k}: the absolute benign score, a gradient of "
-            "that loss times the weight, sees that much less of benign content, so which weights it protects "
-            "is decided more by magnitude than by what benign answers need. The p sweep below shows what the size of "
-            "that protection does.")
+            f"{ratio:.1f}x smaller than the harmful one past position {k}. The absolute benign score is a gradient of "
+            "that loss times the weight; the closer the loss is to zero, the less its gradient says about what benign "
+            "answers need, and the more weight magnitude may decide what is protected (our reading, not measured "
+            "here). The p sweep below measures what the size of that protection does.")
 
 
 def p_sweep_table(result: dict[str, Any]) -> pd.DataFrame | None:
@@ -200,7 +200,7 @@ def p_sweep_markdown(result: dict[str, Any]) -> str:
     meets = [r["p"] for r in rows if classify(r, util) == "meets"]
     found = (f"at p = {', '.join(f'{x:g}' for x in meets)} the criterion is met" if meets else
              "at no p is the criterion met (harm cut's interval above 80% and every utility drop's below 5 points)")
-    return (f"**p sweep (labelled ablation; the paper fixes p).** At q = {sweep['q']:g} (unless set: the smallest "
+    return (f"**p sweep (labelled ablation; the paper fixes p).** At q = {sweep['q']:.3g} (unless set: the smallest "
             f"swept q at which B-TAP cut harm by at least half on the first seed), seed {sweep['seed']}, "
             f"p runs over {', '.join(f'{m:g}' for m in sweep['multiples'])} times the run's p = {sweep['p_fixed']:g} "
             "(0: no benign weight protected, plain top-q SNIP); random pruning of the same count in the same matrices "
