@@ -136,7 +136,7 @@ def test_a_second_process_waits_for_the_training_and_does_not_retrain(tmp_path, 
     config = OrganismConfig.smoke()
     root = organism.organism_root(config)
     root.parent.mkdir(parents=True)
-    lock = root.parent / f".{root.name}.lock"
+    lock = organism.lock_path(root)
     holder = subprocess.Popen([sys.executable, "-c", (
         "import fcntl, sys, time; h = open(sys.argv[1], 'w'); fcntl.flock(h, fcntl.LOCK_EX); "
         "print('held', flush=True); time.sleep(1.5)"), str(lock)], stdout=subprocess.PIPE, text=True)

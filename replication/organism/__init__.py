@@ -134,12 +134,17 @@ def checkpoint_dir(name: str, config: OrganismConfig | None = None, *, progress:
     return root / name
 
 
+def lock_path(root: Path) -> Path:
+    """The training lock of an organism's cache folder (named apart from the `.<key>.` temporary folders)."""
+    return root.parent / f"{root.name}.training.lock"
+
+
 @contextlib.contextmanager
 def _training_lock(root: Path, progress: bool):
     """An exclusive lock beside the organism's cache folder (`flock`, released when the process
     ends): a second process that needs the same organism waits for the first to finish training."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as handle:
+    with open(lock_path(root), "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
