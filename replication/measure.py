@@ -331,8 +331,8 @@ def response_determinism(model, tokenizer, harmful: Sequence[Example], benign: S
 
     Mean NLL (nats per token, token-weighted) past response position `from_position`, and over the
     positions before it, of held-out harmful responses (tokenised as the prune side) and benign ones
-    (as the preserve side). A side whose NLL is near zero gives its gradient score almost nothing to
-    see: the absolute benign score then protects weights by magnitude, not by benign content."""
+    (as the preserve side). A side whose NLL is near zero gives its gradient score little to see, so
+    its absolute score may rest more on weight magnitude than on content (an inference, not measured)."""
     out: dict[str, Any] = {"from_position": from_position, "unit": "nats per token"}
     for side, role, examples in (("harmful", "prune", harmful), ("benign", "preserve", benign)):
         usable = [e for e in examples if e.response.strip()]

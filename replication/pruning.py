@@ -76,6 +76,11 @@ class MaskMismatchError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Config
 # ----------------------------------------------------------------------------------------------
+def _is_number(v: Any) -> bool:
+    """An int or float, not a bool (True is an int in Python, never a fraction here)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """How B-TAP selects weights. Defaults are the paper's (Llama-3.1-8B-Instruct, AdvBench)."""
@@ -105,10 +110,9 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         # p = 0 protects no benign weight (plain top-q SNIP, the p sweep's end point); q = 0 would prune nothing
-        number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-        if not number(self.p) or not 0.0 <= float(self.p) < 1.0:
+        if not _is_number(self.p) or not 0.0 <= float(self.p) < 1.0:
             raise ValueError(f"p must be a fraction in [0, 1) (0 protects no benign weight; e.g. p=5e-5), got {self.p!r}")
-        if not number(self.q) or not 0.0 < float(self.q) < 1.0:
+        if not _is_number(self.q) or not 0.0 < float(self.q) < 1.0:
             raise ValueError(f"q must be a fraction strictly between 0 and 1 (e.g. q=1e-5), got {self.q!r}")
         _check_choice("scope", self.scope, SCOPES)
         _check_choice("score", self.score, PRUNE_SCORES)

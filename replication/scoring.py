@@ -555,8 +555,9 @@ def nll_by_position(model: nn.Module, tokenizer: Any, examples: Sequence[Example
             nll = F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")
             position = scored.cumsum(1) - 1                   # index of each scored token within its response
             keep = scored & (position < width)
-            sums.index_add_(0, position[keep].cpu(), nll[keep].double().cpu())
-            counts.index_add_(0, position[keep].cpu(), torch.ones(int(keep.sum()), dtype=torch.float64))
+            where = position[keep].cpu()
+            sums.index_add_(0, where, nll[keep].double().cpu())
+            counts.index_add_(0, where, torch.ones(where.numel(), dtype=torch.float64))
     finally:
         model.train(was_training)
     return sums, counts

@@ -76,7 +76,8 @@ def test_p_sweep_holds_q_and_matches_random_counts(result):
     """The p sweep (labelled ablation): one q, each p a multiple of the run's p; random at B-TAP's count;
     p = 0 protects nothing, so it prunes at least as many weights; the run's own p is the sweep's mask."""
     sweep = result["p_sweep"]
-    assert sweep["q"] == compactness.p_sweep_default_q(result["runs"], result["baseline"]["values"]["harm_prefill"], result["qs"])
+    assert sweep["q"] == compactness.p_sweep_default_q(result["runs"], result["baseline"]["values"]["harm_prefill"],
+                                                       result["qs"], sweep["seed"])
     assert sweep["p_fixed"] == result["p"]
     ps = sorted({r["p"] for r in sweep["runs"]})
     assert ps == sorted(m * result["p"] for m in sweep["multiples"]) and ps[0] == 0.0
@@ -97,8 +98,8 @@ def test_p_sweep_q_is_the_first_clear_cut():
     rows = [{"arm": "btap", "seed": 0, "q": q, "values": {"harm_prefill": h}}
             for q, h in ((1e-3, 0.9), (1e-2, 0.5), (5e-2, 0.1))] + [{"arm": "random", "seed": 0, "q": 1e-3,
                                                                   "values": {"harm_prefill": 0.0}}]
-    assert compactness.p_sweep_default_q(rows, 1.0, [1e-3, 1e-2, 5e-2]) == 1e-2
-    assert compactness.p_sweep_default_q(rows[:1], 1.0, [1e-3, 5e-2]) == 5e-2    # none cuts by half: the largest q
+    assert compactness.p_sweep_default_q(rows, 1.0, [1e-3, 1e-2, 5e-2], 0) == 1e-2
+    assert compactness.p_sweep_default_q(rows[:1], 1.0, [1e-3, 5e-2], 0) == 5e-2    # none cuts by half: the largest q
 
 
 def test_determinism_reads_both_sides_past_position_10(result):

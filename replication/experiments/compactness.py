@@ -187,6 +187,7 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
     model, tok = loaded.model, loaded.tokenizer
     p = cfg.p if cfg.p is not None else loaded.preset.p
     qs = sorted(cfg.qs or default_qs(loaded))
+    p_grid = _p_grid(cfg, p) if cfg.p_sweep else []   # checked before any scoring or generation
     real = loaded.preset.source != "organism"
     data = data or task_data(loaded, cfg.scale, cfg.sizes(), cfg.real_data(), progress=progress)
     if real != (data.kind == "real"):
@@ -221,18 +222,20 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
     rows: list[dict[str, Any]] = []
     masks: dict[tuple[str, int, float], Mask] = {}
     chat_ok = bool(getattr(tok, "chat_template", None))
-    p_grid = _p_grid(cfg, p) if cfg.p_sweep else []
     plan = len(cfg.seeds) * len(qs) * 3 + ((2 + chat_ok) * len(qs) if cfg.ablations else 0) + 2 * len(p_grid)
     bar = progress_bar(total=plan, desc=f"compactness {cfg.model}", enabled=progress, unit="state")
 
+    def evaluated_row(arm: str, seed: int, q: float, p_used: float, mask: Mask, wanted: list[str]) -> dict[str, Any]:
+        state, reused = sweep.evaluate(mask, wanted, forward_only=arm in forward_only, refusal_mask=refusal_mask)
+        bar.update(1)
+        return {"arm": arm, "seed": seed, "q": q, "p": p_used, "count": mask.count(),
+                "fraction": mask.count() / sweep.total_parameters, "mask": mask.digest(),
+                "reused_evaluation": reused, "forward_only": arm in forward_only, **state.to_dict()}
+
     def record(arm: str, seed: int, q: float, mask: Mask, ra: bool) -> None:
         wanted = ["harm_prefill"] if arm in light else (ra_measures if ra else measures)
-        state, reused = sweep.evaluate(mask, wanted, forward_only=arm in forward_only, refusal_mask=refusal_mask)
-        rows.append({"arm": arm, "seed": seed, "q": q, "p": p, "count": mask.count(),
-                     "fraction": mask.count() / sweep.total_parameters, "mask": mask.digest(),
-                     "reused_evaluation": reused, "forward_only": arm in forward_only, **state.to_dict()})
+        rows.append(evaluated_row(arm, seed, q, p, mask, wanted))
         masks[(arm, seed, q)] = mask
-        bar.update(1)
 
     first_scores = None
     for seed in cfg.seeds:
@@ -240,7 +243,8 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
         benign = sample(data.benign_pool, cfg.n_calibration, seed)
         control = sample(data.control_pool, cfg.n_calibration, seed)
         s_h, s_b = sweep.btap_scores(harmful, benign)
-        first_scores = first_scores or (seed, s_h, s_b)
+        if seed == cfg.seeds[0]:
+            first_scores = (s_h, s_b)   # the p sweep's scores
         s_c = sweep.scores(control, score="signed", role="prune")
         extra = {}
         if cfg.ablations and seed == cfg.seeds[0]:
@@ -259,17 +263,12 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
 
     # the p sweep (labelled ablation): at one q, how the benign protection's size trades harm cut against utility
     p_rows: list[dict[str, Any]] = []
-    p_sweep_q = cfg.p_sweep_q or p_sweep_default_q(rows, baseline.value("harm_prefill"), qs)
-    if p_grid:
-        seed, s_h0, s_b0 = first_scores
-        for pp in p_grid:
-            mask = sweep.select(s_h0, s_b0, pp, p_sweep_q)
-            for arm, m, wanted in (("btap", mask, measures), ("random", sweep.random_like(mask, seed), ["harm_prefill"])):
-                state, reused = sweep.evaluate(m, wanted, forward_only=arm in forward_only)
-                p_rows.append({"arm": arm, "seed": seed, "q": p_sweep_q, "p": pp, "count": m.count(),
-                               "fraction": m.count() / sweep.total_parameters, "mask": m.digest(),
-                               "reused_evaluation": reused, **state.to_dict()})
-                bar.update(1)
+    p_seed = cfg.seeds[0]
+    p_sweep_q = cfg.p_sweep_q or p_sweep_default_q(rows, baseline.value("harm_prefill"), qs, p_seed)
+    for pp in p_grid:
+        mask = sweep.select(*first_scores, pp, p_sweep_q)
+        p_rows.append(evaluated_row("btap", p_seed, p_sweep_q, pp, mask, measures))
+        p_rows.append(evaluated_row("random", p_seed, p_sweep_q, pp, sweep.random_like(mask, p_seed), ["harm_prefill"]))
     bar.close()
     determinism = (response_determinism(model, tok, data.test_harmful, data.test_benign,
                                         batch_size=sweep.batch_size) if cfg.determinism else None)
@@ -294,7 +293,8 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
                                           "control": min(cfg.n_calibration, len(data.control_pool))}},
         "runs": rows, "paper": PAPER,
         "determinism": determinism,
-        "p_sweep": {"q": p_sweep_q, "seed": p_rows[0]["seed"] if p_rows else None, "p_fixed": p, "multiples": list(cfg.p_multiples), "runs": p_rows} if p_rows else None,
+        "p_sweep": ({"q": p_sweep_q, "seed": p_seed, "p_fixed": p, "multiples": list(cfg.p_multiples), "runs": p_rows}
+                    if p_rows else None),
     }
     result["summary"] = summarise(result)
     if p_rows:
@@ -312,12 +312,11 @@ def _p_grid(cfg: CompactnessConfig, p: float) -> list[float]:
     return sorted({float(m) * p for m in cfg.p_multiples if float(m) * p < 1.0})
 
 
-def p_sweep_default_q(rows: list[dict[str, Any]], baseline_harm: float, qs: list[float]) -> float:
+def p_sweep_default_q(rows: list[dict[str, Any]], baseline_harm: float, qs: list[float], seed: int) -> float:
     """The p sweep's q when none is given: where the harm cut is clear but pruning is not yet total,
-    i.e. the smallest swept q at which B-TAP (first seed) cuts harm by at least half; the largest q
-    when none does. Chosen from harm alone, before any p-sweep state is measured."""
-    first = min(r["seed"] for r in rows if r["arm"] == "btap")
-    for r in sorted((r for r in rows if r["arm"] == "btap" and r["seed"] == first), key=lambda r: r["q"]):
+    i.e. the smallest swept q at which B-TAP (on `seed`, the p sweep's own) cuts harm by at least half;
+    the largest q when none does. Chosen from harm alone, before any p-sweep state is measured."""
+    for r in sorted((r for r in rows if r["arm"] == "btap" and r["seed"] == seed), key=lambda r: r["q"]):
         if baseline_harm > 0 and 1 - r["values"]["harm_prefill"] / baseline_harm >= 0.5:
             return r["q"]
     return max(qs)

@@ -96,16 +96,21 @@ def _cut(r: dict[str, Any]) -> str:
     return f"{r['harm_prefill_cut']:.0%} {_ci(r['harm_prefill_cut_lo'], r['harm_prefill_cut_hi'], True)}"
 
 
+def _worst_drop(r: dict[str, Any], util: list[str]) -> str:
+    """The utility measure whose drop has the highest upper interval bound, with its drop ("-": none)."""
+    worst = max((u for u in util if f"drop:{u}_hi" in r), key=lambda u: r[f"drop:{u}_hi"], default=None)
+    return f"{worst.removeprefix('utility:')} {_drop(r, worst)}" if worst else "-"
+
+
 def sweep_summary(result: dict[str, Any]) -> pd.DataFrame:
     """B-TAP, one row per q: the size (weights, multiple of the paper's 0.001%), the harm cut, the
     worst utility drop (by its interval's upper end) and the criterion; the full tables are folded."""
     util = result["utility_metrics"]
     out = []
     for r in (r for r in result["summary"] if r["arm"] == "btap"):
-        worst = max((u for u in util if f"drop:{u}_hi" in r), key=lambda u: r[f"drop:{u}_hi"], default=None)
         out.append({"q": f"{r['q']:g}", "weights": int(round(r["count"])),
                     "x paper's 0.001%": format_multiple(paper_multiple(r['fraction'])), "harm cut": _cut(r),
-                    "worst utility drop (points)": f"{worst.removeprefix('utility:')} {_drop(r, worst)}" if worst else "-",
+                    "worst utility drop (points)": _worst_drop(r, util),
                     "criterion": classify(r, util)})
     return pd.DataFrame(out).set_index("q")
 
@@ -181,12 +186,10 @@ def p_sweep_table(result: dict[str, Any]) -> pd.DataFrame | None:
     out = []
     for pp in sorted({r["p"] for r in sweep["summary"]}):
         b, rnd = by.get(("btap", pp)), by.get(("random", pp))
-        worst = max((u for u in util if f"drop:{u}_hi" in b), key=lambda u: b[f"drop:{u}_hi"], default=None) if b else None
         out.append({"p": f"{pp:g}", "x the run's p": f"{pp / sweep['p_fixed']:g}" if sweep["p_fixed"] else "-",
                     "weights": int(round(b["count"])) if b else None, "B-TAP harm cut": _cut(b) if b else "-",
                     "random harm cut": _cut(rnd) if rnd else "-",
-                    "B-TAP worst utility drop (points)": (f"{worst.removeprefix('utility:')} {_drop(b, worst)}"
-                                                          if worst else "-")})
+                    "B-TAP worst utility drop (points)": _worst_drop(b, util) if b else "-"})
     return pd.DataFrame(out).set_index("p")
 
 
