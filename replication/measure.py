@@ -23,8 +23,12 @@ Measures (`MEASURES`) and the metrics they write:
 - `utility`: per benign family `utility:<family>` (organism: exact accuracy; real: exp(-NLL) of the
   reference answers, beside `nll:<family>`); real models add `utility:trivia_qa` and
   `utility:no_over_refusal` unless forward-only.
-- `detection` (organism): yes/no accuracy, and per label `detection:yes` / `detection:no`.
-- `explanation` (organism): share of the category's reason terms an explanation names.
+- `detection`: yes/no accuracy, and per label `detection:yes` / `detection:no` (organism: its
+  detection prompts; real: the paper's prompt and prefill, `recognition`), real models also
+  `detection:refusal`.
+- `explanation`: organism, the share of the category's reason terms an explanation names; real,
+  `recognition`'s explanation judge (offline the harm-lexicon stand-in), refusals NaN and their
+  rate in `explanation:refusal`.
 """
 from __future__ import annotations
 
@@ -229,21 +233,39 @@ class Evaluator:
             state.put("overrefusal", flags)
             state.put(f"utility:{OVERREFUSAL_UTILITY}", [1.0 - f for f in flags])
 
+    @property
+    def recognition_judge(self):
+        """Who reads detection and explanation replies: the organism's exact judge, or a real model's
+        `recognition.RecognitionJudge` (built with its detection / explanation sets)."""
+        if self.organism:
+            return self.data.harm_judge
+        if self.data.recognition_judge is None:
+            raise MissingTaskData(f"{self.data.model}: {self.data.info.get('missing', {}).get('test_detection')}")
+        return self.data.recognition_judge
+
     def _detection(self, state: State) -> None:
         det = self.data.require("test_detection")
-        outs = self.generate([e.prompt for e in det], max_new_tokens=self.cfg.detection_tokens)
-        ok = [float(self.data.harm_judge.detection_correct(e, r)) for e, r in zip(det, outs)]
+        judge = self.recognition_judge
+        prefills = [e.meta.get("prefill", "") for e in det]
+        outs = self.generate([e.prompt for e in det], prefills if any(prefills) else None,
+                             max_new_tokens=self.cfg.detection_tokens)
+        ok = [float(judge.detection_correct(e, r)) for e, r in zip(det, outs)]
         state.put("detection", ok, [e.category for e in det])
         for lab in ("yes", "no"):
             vals = [v for e, v in zip(det, ok) if e.meta.get("label") == lab]
             if vals:
                 state.put(f"detection:{lab}", vals)
+        if not self.organism:   # the paper reports the refusal rate of detection replies beside accuracy
+            state.put("detection:refusal", [float(judge.refused(r)) for r in outs])
 
     def _explanation(self, state: State) -> None:
         exp = self.data.require("test_explanation")
+        judge = self.recognition_judge
         outs = self.generate([e.prompt for e in exp], max_new_tokens=self.cfg.explanation_tokens)
-        state.put("explanation", [self.data.harm_judge.explanation_score(e, r) for e, r in zip(exp, outs)],
-                  [e.category for e in exp])
+        state.put("explanation", [judge.explanation_score(e, r) for e, r in zip(exp, outs)], [e.category for e in exp])
+        state.texts["explanation"] = outs
+        if not self.organism:   # refusals are removed before judging (NaN score); their rate is reported
+            state.put("explanation:refusal", [float(judge.refused(r)) for r in outs])
 
     # -- the one entry point -----------------------------------------------------------------------
     def evaluate(self, measures: Sequence[str], *, categories: Sequence[str] | None = None,
@@ -254,8 +276,6 @@ class Evaluator:
             raise ValueError(f"unknown measures {unknown}; use {', '.join(MEASURES)}")
         if self.organism and forward_only:
             raise ValueError("the organism's exact judge reads generations: forward_only is for real models")
-        if not self.organism and {"detection", "explanation"} & set(measures):
-            raise MissingTaskData(f"{self.data.model}: {self.data.info.get('missing', {}).get('test_detection')}")
         state = State()
         harmful = self.harmful_set(categories) if {"harm_prefill", "harm_ra_prefill", "harm_none", "refusal"} & set(measures) else []
         if "harm_prefill" in measures:
@@ -312,9 +332,11 @@ class Evaluator:
             elif name.startswith("utility:"):
                 judge, generation = ("organism (exact)", gen) if self.organism else (NLL_JUDGE, None)
             elif name.startswith("detection"):
-                judge, generation = "organism (exact)", {**gen, "max_new_tokens": self.cfg.detection_tokens}
-            elif name == "explanation":
-                judge, generation = "organism (exact)", {**gen, "max_new_tokens": self.cfg.explanation_tokens}
+                judge = "organism (exact)" if self.organism else self.data.recognition_judge.label["detection"]
+                generation = {**gen, "max_new_tokens": self.cfg.detection_tokens}
+            elif name.startswith("explanation"):
+                judge = "organism (exact)" if self.organism else self.data.recognition_judge.label["explanation"]
+                generation = {**gen, "max_new_tokens": self.cfg.explanation_tokens}
             else:
                 judge, generation = "unknown", None
             out[name] = {"judge": judge, "n": len(items), "generation": generation}

@@ -74,6 +74,7 @@ class TaskData:
     detection_pool: list[Example] = field(default_factory=list)    # organism: yes/no detection answers (train split)
     explanation_pool: list[Example] = field(default_factory=list)  # organism: explanations of harm (train split)
     world: Any = None                                          # organism: its World (EM material, exact judge)
+    recognition_judge: Any = None                              # real: reads detection / explanation replies
     info: dict[str, Any] = field(default_factory=dict)         # where the data came from, what was dropped
 
     # -- access ----------------------------------------------------------------------------------
@@ -261,6 +262,11 @@ class RealDataConfig:
     #: Alpaca-cleaned without safety rows as preserve data (its own responses, as the paper), through the hub;
     #: where the hub cannot be reached the offline sets are used and `info["sources"]` says why
     sources: str = "offline"
+    #: build the detection and explanation sets (`recognition`): the model's own answers to train prompts
+    #: as prune pools (generation), held-out prompts as test sets; only the dissociation finding needs them
+    recognition: bool = False
+    n_detection_asked: int | None = None   # train detection items answered for the pool (None: 2 x n_pool)
+    explanation_judge: str = "lexicon"     # `recognition.EXPLANATION_JUDGES`: the offline stand-in, or "llm" online
 
 
 SOURCES = ("offline", "paper")
@@ -353,6 +359,7 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
         judge = get_judge("reference_nll", model=loaded.model, tokenizer=loaded.tokenizer,
                           chat_format=loaded.chat_format, batch_size=bs)
     short = {cat: sizes.n_eval - sum(e.category == cat for e in test_harmful) for cat in rd.DONOTANSWER_CATEGORIES}
+    recog = _recognition_sets(loaded, sizes, cfg, progress) if cfg.recognition else {}
     info = {
         "harm_judge": {"asked": cfg.judge, "used": judge_name, "why": judge_why}, "sources": sources_info,
         "reference_model": ref, "reference_rule": why, "reference_chat_format": ref_fmt,
@@ -370,17 +377,56 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
         "test_harmful_short_of_target": {c: n for c, n in short.items() if n > 0},
         "test_benign": len(test_benign), "test_benign_refused_dropped": test_b_gen.n_filtered,
         "test_trivia": len(test_trivia), "judge_requested": cfg.judge, "judge": judge_name,
-        "missing": {"test_detection": "no offline detection prompts with true counterfactuals for real models",
-                    "test_explanation": "no offline explanation prompts for real models",
-                    "detection_pool": "no offline detection prompts with true counterfactuals for real models",
-                    "explanation_pool": "no offline explanation prompts for real models",
+        "missing": {**{k: "not built: pass RealDataConfig(recognition=True) (the dissociation finding does)"
+                       for k in ("test_detection", "test_explanation", "detection_pool", "explanation_pool")},
+                    **recog.get("missing", {}),
                     "refusal_pool": f"{loaded.name} refused none of the {n_answered} harmful train prompts searched"},
+        **({"recognition": recog["info"]} if recog else {}),
     }
     return TaskData(model=loaded.name, kind="real", categories=tuple(rd.DONOTANSWER_CATEGORIES),
                     families=tuple(sorted({e.category for e in test_benign})),
                     harmful_pool=harmful_kept, benign_pool=list(benign), control_pool=list(control),
                     refusal_pool=refusals, test_harmful=test_harmful, test_benign=test_benign,
-                    test_trivia=test_trivia, harm_judge=judge, info=info)
+                    test_trivia=test_trivia, harm_judge=judge, info=info,
+                    test_detection=recog.get("test_detection", []), test_explanation=recog.get("test_explanation", []),
+                    detection_pool=recog.get("detection_pool", []), explanation_pool=recog.get("explanation_pool", []),
+                    recognition_judge=recog.get("judge"))
+
+
+def _recognition_sets(loaded, sizes: EvalSizes, cfg: RealDataConfig, progress: bool) -> dict[str, Any]:
+    """Detection and explanation for a real model (`recognition`): prune pools of its own correct,
+    non-refusing answers to train-split prompts, and held-out test sets (benign requests as the
+    detection negatives, said so in `info`)."""
+    from . import recognition as rc
+    gen = _generator(loaded.name, loaded)
+    harm_train = first_per_group(rd.load_donotanswer(split="train"), 10**6, "recognition-train")
+    benign_train = sorted(rd.load_benign_instructions(split="train"), key=lambda e: stable_hash("recognition\x00" + e.prompt))
+    n_asked = cfg.n_detection_asked or 2 * cfg.n_pool
+    det_pool, det_counts = rc.own_detection_answers(gen, harm_train, benign_train, n_asked,
+                                                    chat_format=loaded.chat_format, progress=progress)
+    exp_pool, exp_counts = rc.own_explanations(gen, harm_train, cfg.n_pool, chat_format=loaded.chat_format,
+                                               progress=progress)
+    harm_test = first_per_group(rd.load_donotanswer(split="test"), 10**6, "recognition-test")
+    benign_test = sorted(rd.load_benign_instructions(split="test"), key=lambda e: stable_hash("recognition\x00" + e.prompt))
+    n_det = sizes.n_detection if sizes.n_detection is not None else 5 * sizes.n_eval
+    test_det = rc.detection_set(harm_test, benign_test, n_det)
+    test_exp = rc.explanation_set(first_per_group(harm_test, sizes.n_explanation, "recognition-explanation"))
+    missing = {}
+    if not (det_counts["kept_yes"] and det_counts["kept_no"]):
+        missing["detection_pool"] = (f"{loaded.name} answered {det_counts['kept_yes']} harmful and {det_counts['kept_no']} "
+                                     f"benign train detection items correctly of {n_asked}: a pool needs both labels")
+        det_pool = []
+    if not exp_pool:
+        missing["explanation_pool"] = f"{loaded.name} explained none of {exp_counts['asked']} train requests without refusing"
+    judge = rc.RecognitionJudge(explanation=rc.explanation_judge(cfg.explanation_judge))
+    info = {"detection_prompt": rc.DETECTION_PREFIX, "detection_prefill": rc.DETECTION_PREFILL,
+            "explanation_prompt": rc.EXPLANATION_PREFIX, "negatives": rc.NEGATIVES_NOTE, "judge": judge.label,
+            "detection_pool": det_counts, "explanation_pool": exp_counts,
+            "test_detection": {"yes": sum(e.meta["label"] == "yes" for e in test_det),
+                               "no": sum(e.meta["label"] == "no" for e in test_det)},
+            "test_explanation": len(test_exp)}
+    return {"test_detection": test_det, "test_explanation": test_exp, "detection_pool": det_pool,
+            "explanation_pool": exp_pool, "judge": judge, "info": info, "missing": missing}
 
 
 def task_data(loaded, scale: str, sizes: EvalSizes, real: RealDataConfig | None = None, *,

@@ -23,10 +23,38 @@ def setup_markdown(result: dict[str, Any]) -> str:
              f"held out: {d['test_harmful']} harmful prompts, {d['test_benign']} benign, {d['test_detection']} detection, "
              f"{d['test_explanation']} explanation prompts. Judge: `{result['judge']}`. Changes are in points "
              "(pruned minus unpruned) with 95% intervals over prompts (paired) and seeds."]
+    rec = result.get("recognition")
+    if rec:
+        dp, ep = rec["detection_pool"], rec["explanation_pool"]
+        lines.append(
+            f"**Detection and explanation on a real model.** The paper's prompts: detection \"{rec['detection_prompt']} "
+            f"...\", the reply prefilled with \"{rec['detection_prefill']}\" and yes/no read as {rec['judge']['detection']}; "
+            f"explanation \"{rec['explanation_prompt']} ...\". Note: {rec['negatives']}. Explanations are graded by "
+            f"**{rec['judge']['explanation']}**, refusals removed before grading. Held out: {rec['test_detection']['yes']} "
+            f"harmful and {rec['test_detection']['no']} benign detection items, {rec['test_explanation']} explanation "
+            f"prompts. Prune data, the model's own answers to train prompts: detection {dp['kept_yes']} 'yes' and "
+            f"{dp['kept_no']} 'no' kept of {dp['asked']} ({dp['wrong_dropped']} wrong, {dp['refused_dropped']} refusals "
+            f"dropped); explanation {ep['asked'] - ep['refused_dropped'] - ep['empty_dropped']} kept of {ep['asked']} "
+            f"({ep['refused_dropped']} refusals dropped).")
     if result["not_available"]:
-        lines.append("**Not available on this model:** " + "; ".join(f"{c}: {w}" for c, w in result["not_available"].items())
-                     + ". These capabilities are reported as not measured, not dropped.")
+        lines.append("**No prune data on this model:** " + "; ".join(f"{c}: {w}" for c, w in result["not_available"].items())
+                     + ". These capabilities are not pruned with; wherever their test set exists they are still measured.")
     return "\n\n".join(lines)
+
+
+def presence_table(result: dict[str, Any]) -> pd.DataFrame:
+    """Each capability of the unpruned model against its chance level: one it does not have is
+    reported as absent, and its 'intact after pruning' is not read."""
+    return pd.DataFrame([{"capability": c, "measure": READS[c][1], "unpruned": _pct(v), "chance level": f"{v['chance']:.0%}",
+                          "graded items": v["n"],
+                          "present": "yes" if v["present"] else f"no ({v.get('why', 'not above chance')})"}
+                         for c, v in result.get("presence", {}).items()])
+
+
+def _pct(ci: dict[str, float]) -> str:
+    if ci["value"] != ci["value"]:
+        return "-"
+    return f"{ci['value']:.1%} [{ci['lo']:.1%}, {ci['hi']:.1%}]"
 
 
 def matrix_frame(result: dict[str, Any], q: float, key: str = "value") -> pd.DataFrame:
