@@ -142,16 +142,16 @@ EXPLANATION_RUBRIC = (
 
 @dataclass
 class LLMExplanationJudge:
-    """The paper's 1-5 explanation judge through an OpenAI-compatible endpoint (`em_judge.JudgeEndpoint`,
-    from the environment); the score is (grade - 1) / 4, refusals NaN."""
+    """The paper's 1-5 explanation judge through an OpenAI-compatible endpoint (`judge_endpoint`, from
+    the environment); the score is (grade - 1) / 4, refusals NaN."""
 
     chat: Any = None
     name: str = "llm_1to5"
 
     def __post_init__(self):
         if self.chat is None:
-            from .em_judge import ChatJudge
-            self.chat = ChatJudge()
+            from .judge_endpoint import ChatClient
+            self.chat = ChatClient()
 
     def score(self, example: Example, reply: str) -> float:
         if _refused(reply):
