@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from .findings import FINDINGS, PROXY_JUDGES, UNITS, VERDICTS, judge_label, verdict_of
-from .paths import REPO_ROOT, atomic_write_text, results_dir
+from .paths import REPO_ROOT, atomic_write_text, results_dir, safe_name
 from .runner import executed_notebooks
 from .status import refresh_readme, status_markdown, verdict_cell
 
@@ -33,14 +33,21 @@ def _rel(path: Path) -> str:
 
 
 def load_results() -> dict[str, dict[str, dict]]:
-    """finding key -> model -> results dict, from `results/<model>/<finding>.json`."""
+    """finding key -> model -> results dict, from `results/<folder>/<finding>.json`. A pair finding's
+    folder is named after both models; its results are listed under the model they name (`model`),
+    and only the file in the folder the finding files that model under counts (an older file left in
+    another folder is ignored)."""
     out: dict[str, dict[str, dict]] = {}
     for f in FINDINGS.values():
         for path in sorted(results_dir().glob(f"*/{f.key}.json")):
             try:
-                out.setdefault(f.key, {})[path.parent.name] = json.loads(path.read_text())
+                res = json.loads(path.read_text())
             except json.JSONDecodeError as err:
                 raise RuntimeError(f"{path} is not valid JSON ({err}); delete it and re-run the finding") from err
+            if not f.per_pair:
+                out.setdefault(f.key, {})[path.parent.name] = res
+            elif path.parent.name == safe_name(res.get("folder") or ""):
+                out.setdefault(f.key, {})[res.get("model", path.parent.name)] = res
     return out
 
 
@@ -99,7 +106,7 @@ def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
         lines.append(f"```{{note}}\nThe notebook `notebooks/{f.notebook}` is not written yet: this finding is **not run** on any model.\n```")
     else:
         ran = sorted(runs)
-        not_ran = [m for m in models if m not in runs]
+        not_ran = [m for m in models if f.results_folder(m) not in runs]
         lines.append("**Run on:** " + (", ".join(f"`{m}`" for m in ran) if ran else "no model yet") + ".")
         if not_ran:
             lines.append("")
@@ -109,7 +116,8 @@ def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
             lines += ["", "| model | verdict | our measurement |", "|---|---|---|"]
             for model in sorted(results):
                 measured, _ = verdict_of(f, results[model])
-                lines.append(f"| `{model}` | {verdict_cell(f, results[model])} | {measured} |")
+                label = (results[model].get("pair") or {}).get("name", model)   # a pair finding names both models
+                lines.append(f"| `{label}` | {verdict_cell(f, results[model])} | {measured} |")
     return "\n".join(lines) + "\n"
 
 
@@ -117,7 +125,9 @@ def _models(models: list[str] | None, runs: dict | None = None, results: dict | 
     """The models a page lists: those asked for, then every model with an executed notebook or results."""
     runs = executed_notebooks() if runs is None else runs
     results = load_results() if results is None else results
-    known = sorted({m for r in runs.values() for m in r} | {m for r in results.values() for m in r})
+    # a pair finding's run folders are pairs, not models: its models come from its results
+    known = sorted({m for k, r in runs.items() if not FINDINGS[k].per_pair for m in r}
+                   | {m for r in results.values() for m in r})
     return list(dict.fromkeys((models or []) + known)) or ["organism-aligned"]
 
 

@@ -81,11 +81,18 @@ def jobs_for(target: str, models: Sequence[str], params: dict[str, Any] | None =
         if missing:
             print(f"note: not written yet, skipped: {', '.join(missing)}", file=sys.stderr)
     jobs = []
+    filed: dict[tuple[str, str], str] = {}   # (finding, results folder) -> the model whose job fills it
     for model in models:
         resolve_preset(model)
         name = canonical_name(model)
         for f in findings_:
             notebook_params(f, name, params, scale=scale, device=device)   # a bad -p fails now, once
+            where = (f.key, f.results_folder(name, params))
+            if where in filed:   # a pair finding: both members name the same run
+                print(f"note: {f.key} on {name} is the same pair run as on {filed[where]}: submitted once",
+                      file=sys.stderr)
+                continue
+            filed[where] = name
             jobs.append(Job(f, name, dict(params or {}), scale, device, notebook_dir=runner.NOTEBOOK_DIR, force=force))
     return jobs
 

@@ -42,6 +42,23 @@ class Finding:
             return None
         return getattr(importlib.import_module(self.experiment), "CONFIG", None)
 
+    def results_folder(self, model: str, params: Optional[dict] = None) -> str:
+        """The folder under `results/` of `model`'s run: the model's name, or for a finding about a pair
+        of models (compression) the pair's name, as the experiment module's `results_folder` says
+        (a `counterpart` among the run's parameters, or in its `config`, names the other member)."""
+        if self.experiment is None:
+            return model
+        fn = getattr(importlib.import_module(self.experiment), "results_folder", None)
+        if fn is None:
+            return model
+        params = params or {}
+        return fn(model, params.get("counterpart") or (params.get("config") or {}).get("counterpart"))
+
+    @property
+    def per_pair(self) -> bool:
+        """Whether runs are filed under a pair's folder (its folder names are not model names)."""
+        return self.experiment is not None and hasattr(importlib.import_module(self.experiment), "results_folder")
+
     @property
     def verdict(self) -> Optional[Callable[[dict], tuple[str, str]]]:
         """results -> (our measurement, verdict), the experiment module's own `verdict`."""

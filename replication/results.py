@@ -1,6 +1,7 @@
 """One writer for every finding's results file, and the masks behind its headline numbers.
 
-`results/<model>/<finding>.json` carries the finding, model, scale, the full config, package
+`results/<folder>/<finding>.json` (the folder is the model's name, or a pair's for a finding about two
+models: `result["folder"]`) carries the finding, model, scale, the full config, package
 versions, the hardware, the repository commit, the date, the judge of every metric, the headline with its intervals, and the names of the masks
 it rests on; those masks are saved beside it (`results/<model>/<finding>-masks/<name>.safetensors`,
 with the config and model fingerprint that made them, as `Mask.save` writes), so a reader can load
@@ -99,8 +100,9 @@ def write_result(result: dict[str, Any], *, masks: Mapping[str, Any] | None = No
     result.setdefault("created_utc", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     result["config"] = plain(result.get("config"))
     result["masks"] = {}
+    where = result.get("folder") or result["model"]
     if write and masks:
-        folder = masks_dir(result["model"], result["finding"])
+        folder = masks_dir(where, result["finding"])
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         for name, mask in masks.items():
@@ -112,12 +114,14 @@ def write_result(result: dict[str, Any], *, masks: Mapping[str, Any] | None = No
                                  "sha256": mask.digest(), "method": mask.meta.get("method")}
     validate(result)
     if write:
-        atomic_write_json(results_dir(result["model"]) / f"{result['finding']}.json", result)
+        atomic_write_json(results_dir(where) / f"{result['finding']}.json", result)
     return result
 
 
 def read_result(model: str, finding: str) -> dict[str, Any]:
-    path = results_dir(model) / f"{finding}.json"
+    """`model`'s results of `finding`, from its results folder (a pair's folder for a pair finding)."""
+    from .findings import finding as finding_of
+    path = results_dir(finding_of(finding).results_folder(model)) / f"{finding}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results at {path}: run `python -m replication run {finding} --model {model}`")
     return json.loads(path.read_text())

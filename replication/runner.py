@@ -240,7 +240,7 @@ def cache_state(key: "str | Finding", model: str, params: dict[str, Any] | None 
     fnd = finding(key) if isinstance(key, str) else key
     src = (notebook_dir or NOTEBOOK_DIR) / fnd.notebook
     params = notebook_params(fnd, model, params, scale=scale, device=device, notebook_dir=notebook_dir)
-    out = results_dir(model) / fnd.notebook
+    out = results_dir(fnd.results_folder(model, params)) / fnd.notebook
     key_material = json.dumps({"nb": hashlib.sha256(src.read_bytes()).hexdigest(), "params": params,
                                "src": source_hash()}, sort_keys=True, default=str)
     cache_key = hashlib.sha256(key_material.encode()).hexdigest()[:20]

@@ -147,3 +147,26 @@ def test_an_undefined_verdict_word_fails_loudly(monkeypatch):
     monkeypatch.setattr(compactness, "verdict", lambda res: ("x", "sort of reproduced"))
     with pytest.raises(ValueError, match="not one of the defined outcomes"):
         verdict_of(FINDINGS["compactness"], {"headline": {}})
+
+
+def test_a_pair_finding_is_filed_under_the_pair_and_listed_under_its_model(tmp_path, monkeypatch):
+    import json
+    from replication.experiments import compression
+    monkeypatch.setenv("HARMPRUNE_RESULTS", str(tmp_path))
+    folder = compression.results_folder("organism-base")
+    assert folder == compression.results_folder("organism-aligned") == "organism-aligned_vs_organism-base"
+    assert FINDINGS["compression"].results_folder("organism-base") == folder and FINDINGS["compression"].per_pair
+    assert FINDINGS["compactness"].results_folder("organism-base") == "organism-base"
+    res = {"finding": "compression", "model": "organism-aligned", "folder": folder, "scale": "full",
+           "pair": {"aligned": "organism-aligned", "unaligned": "organism-base", "name": "organism-aligned vs organism-base"}}
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "compression.json").write_text(json.dumps(res))
+    (tmp_path / "organism-aligned").mkdir()   # an older run filed under the aligned model: ignored
+    (tmp_path / "organism-aligned" / "compression.json").write_text(json.dumps({**res, "folder": None, "scale": "smoke"}))
+    loaded = book.load_results()["compression"]
+    assert list(loaded) == ["organism-aligned"] and loaded["organism-aligned"]["scale"] == "full"
+    monkeypatch.setattr(compression, "verdict", lambda r: ("measured", "not reproduced"))   # hand-made: no readings
+    rows = [r for r in status.status_rows({"compression": loaded}, ["organism-aligned"]) if "3" in r["finding"]]
+    assert rows[0]["run on"].startswith("`organism-aligned vs organism-base`")
+    # the pair's run folder is not mistaken for a model
+    assert folder not in book._models(["organism-aligned"], {"compression": {folder: tmp_path}}, {"compression": loaded})

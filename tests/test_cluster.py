@@ -107,3 +107,10 @@ def test_real_smoke_notebooks_on_two_models_in_one_command_then_nothing(tmp_path
 def test_all_goes_alone(capsys):
     assert cli.main(["run", "all", "compactness", "--executor", "local"]) == 1
     assert "`all` already runs every finding" in capsys.readouterr().err
+
+
+def test_both_members_of_a_pair_submit_one_compression_job(capsys):
+    from replication.cluster import jobs_for
+    jobs = jobs_for("compression", ["organism-aligned", "organism-base"], scale="smoke")
+    assert [j.model for j in jobs] == ["organism-aligned"]
+    assert "same pair run" in capsys.readouterr().err

@@ -64,7 +64,9 @@ def test_compression_smoke_end_to_end(tmp_path, monkeypatch):
     result = C.run(cfg, progress=False)
     assert result["pair"] == {"aligned": "organism-aligned", "unaligned": "organism-base",
                               "name": "organism-aligned vs organism-base"}
-    assert (tmp_path / "organism-aligned" / "compression.json").exists()
+    assert (tmp_path / "organism-aligned_vs_organism-base" / "compression.json").exists()
+    assert not (tmp_path / "organism-aligned").exists()
+    assert result["folder"] == C.results_folder("organism-base") == "organism-aligned_vs_organism-base"
     # the unaligned member's masks hold the aligned ones' counts at every (seed, q)
     by = {}
     for r in result["runs"]:

@@ -118,6 +118,16 @@ def pair_name(aligned: str, unaligned: str) -> str:
     return f"{aligned} vs {unaligned}"
 
 
+def results_folder(model: str, counterpart: str | None = None) -> str:
+    """Where the pair's run is filed: `results/<aligned>_vs_<unaligned>/` (either member names it); a
+    model with no known counterpart keeps its own folder (the run then fails with what to pass)."""
+    from ..paths import safe_name
+    try:
+        return safe_name(pair_name(*pair_of(model, counterpart)))
+    except (ValueError, KeyError):
+        return model
+
+
 # ----------------------------------------------------------------------------------------------
 # score-only readings (pure functions of score tensors: tested on hand-built ones)
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +298,7 @@ def _series_readings(cfg: CompressionConfig, aligned: LoadedModel, data: TaskDat
 def run(cfg: CompressionConfig, *, members: Mapping[str, Member] | None = None, write: bool = True,
         progress: bool = True) -> dict[str, Any]:
     """Both members' sweeps, the five readings with intervals, the stage series; the result is
-    written under the aligned model (`results/<aligned>/compression.json`), naming the pair."""
+    written under the pair (`results/<aligned>_vs_<unaligned>/compression.json`, `results_folder`)."""
     from ..progress import progress_bar, report
     t0 = time.perf_counter()
     aligned_name, unaligned_name = pair_of(cfg.model, cfg.counterpart)
@@ -327,6 +337,7 @@ def run(cfg: CompressionConfig, *, members: Mapping[str, Member] | None = None, 
     bar.close()
     result: dict[str, Any] = {
         "finding": "compression", "model": aligned_name, "scale": cfg.scale, "config": asdict(cfg),
+        "folder": results_folder(aligned_name, unaligned_name),
         "pair": {"aligned": aligned_name, "unaligned": unaligned_name, "name": pair_name(aligned_name, unaligned_name)},
         "placement": {n: placement_of(m.loaded) for n, m in members.items()},
         "p": p, "q": q_ref, "qs": qs, "readings": READINGS, "targets": list(TARGETS), "utility_at": UTILITY_AT,
