@@ -78,6 +78,11 @@ class EvalConfig:
     nll_batch_size: int | None = None  # None: the preset's score_batch_size
 
 
+def _finite_mean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 @dataclass
 class State:
     """A model state's metrics: `values[name]`, the per-item values behind it, per-category means."""
@@ -96,14 +101,14 @@ class State:
 
     def put(self, name: str, items: Sequence[float], cats: Sequence[str] | None = None) -> None:
         vals = [float(v) for v in items]
-        finite = [v for v in vals if not math.isnan(v)]
-        self.values[name] = float(np.mean(finite)) if finite else float("nan")
+        self.values[name] = _finite_mean(vals)
         self.items[name] = vals
         if cats is not None:
             groups: dict[str, list[float]] = {}
             for c, v in zip(cats, vals):
                 groups.setdefault(c, []).append(v)
-            self.categories[name] = {c: float(np.nanmean(v)) for c, v in sorted(groups.items()) if c}
+            # a category with no graded item (every explanation refused) is NaN, without numpy's warning
+            self.categories[name] = {c: _finite_mean(v) for c, v in sorted(groups.items()) if c}
 
     def utility(self) -> dict[str, float]:
         """`utility:<name>` metrics as `{name: value}`."""
