@@ -60,3 +60,21 @@ def test_intact_rule():
     assert intact({"value": -0.06, "lo": -0.09, "hi": -0.03})         # within 10 points
     assert not intact({"value": -0.3, "lo": -0.4, "hi": -0.2})
     assert intact(None) is None
+
+
+def _head(kept, absent=(), not_available=None):
+    cut = {"value": 0.7, "lo": 0.6, "hi": 0.8}
+    return {"headline": {"generation_cut": cut, "count": 10, "kept_after_generation_pruning": kept,
+                         "absent_before_pruning": list(absent), "not_available": not_available or {}}}
+
+
+def test_verdict_reads_only_capabilities_the_model_has():
+    from replication.experiments.dissociation import capability_presence, verdict
+    assert verdict(_head({"refusal": True, "detection": True, "explanation": True}))[1] == "reproduced"
+    assert verdict(_head({"refusal": True}, absent=["detection", "explanation"]))[1] == "partly measured"
+    assert verdict(_head({"refusal": False}, absent=["detection"]))[1] == "not reproduced"   # harm to one it has decides
+    pres = capability_presence({"detection": [0.0] * 10 + [1.0] * 10, "explanation": [float("nan")] * 4,
+                                "refusal": [1.0] * 8, "harm_prefill": [0.5] * 8})
+    assert not pres["detection"]["present"] and pres["detection"]["chance"] == 0.5      # 50% on balanced labels
+    assert not pres["explanation"]["present"] and "refused" in pres["explanation"]["why"]
+    assert pres["refusal"]["present"] and pres["generation"]["present"]

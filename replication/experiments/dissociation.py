@@ -309,9 +309,11 @@ def verdict(result: dict[str, Any]) -> tuple[str, str]:
         measured += "; not available offline: " + ", ".join(head["not_available"])
     if cut["lo"] < GENERATION_CUT:
         return measured, "not measurable" if cut["hi"] < GENERATION_CUT else "inconclusive"
+    if not all(kept.values()):       # a capability the model has was harmed: that fails whatever else is missing
+        return measured, "not reproduced"
     if head["not_available"] or absent:
         return measured, "partly measured"
-    return measured, "reproduced" if all(kept.values()) else "not reproduced"
+    return measured, "reproduced"
 
 
 __all__ = ["DissociationConfig", "run", "summarise", "headline", "verdict", "CAPABILITIES", "intact", "available",
