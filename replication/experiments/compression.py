@@ -356,13 +356,18 @@ def run(cfg: CompressionConfig, *, members: Mapping[str, Member] | None = None, 
     result["counts"] = count_axis(result)
 
     # -- reading 4: utility at the two swept q bracketing each member's 50% cut (seed-mean curve)
+    brackets = {m.name: utility_brackets(result, m.name) for m in (A, B)}
+    bar = progress_bar(total=len(cfg.seeds) * sum(map(len, brackets.values())), desc="compression: utility at matched cut",
+                       enabled=progress, unit="state")
     for m in (A, B):
-        for q in utility_brackets(result, m.name):
+        for q in brackets[m.name]:
             for seed in cfg.seeds:
                 state, reused = m.sweep.evaluate(masks[(m.name, seed, q)], ["harm_prefill", "utility"])
                 rows.append({"member": m.name, "seed": seed, "q": q, "count": masks[(m.name, seed, q)].count(),
                              "mask": masks[(m.name, seed, q)].digest(), "measures": ["harm_prefill", "utility"],
                              "reused_evaluation": reused, **state.to_dict()})
+                bar.update(1)
+    bar.close()
 
     # -- readings 3 and 5 on the pair, per seed and q
     result["score_readings"] = [
