@@ -120,8 +120,9 @@ def write_result(result: dict[str, Any], *, masks: Mapping[str, Any] | None = No
 
 def read_result(model: str, finding: str) -> dict[str, Any]:
     """`model`'s results of `finding`, from its results folder (a pair's folder for a pair finding)."""
-    from .findings import finding as finding_of
-    path = results_dir(finding_of(finding).results_folder(model)) / f"{finding}.json"
+    from .findings import FINDINGS
+    known = FINDINGS.get(finding)   # any other name (a user's own experiment) is filed under the model
+    path = results_dir(known.results_folder(model) if known else model) / f"{finding}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no results at {path}: run `python -m replication run {finding} --model {model}`")
     return json.loads(path.read_text())

@@ -163,6 +163,8 @@ def test_a_pair_finding_is_filed_under_the_pair_and_listed_under_its_model(tmp_p
     (tmp_path / folder / "compression.json").write_text(json.dumps(res))
     (tmp_path / "organism-aligned").mkdir()   # an older run filed under the aligned model: ignored
     (tmp_path / "organism-aligned" / "compression.json").write_text(json.dumps({**res, "folder": None, "scale": "smoke"}))
+    from replication.results import read_result
+    assert read_result("organism-base", "compression")["scale"] == "full"   # either member reads the pair's file
     loaded = book.load_results()["compression"]
     assert list(loaded) == ["organism-aligned"] and loaded["organism-aligned"]["scale"] == "full"
     monkeypatch.setattr(compression, "verdict", lambda r: ("measured", "not reproduced"))   # hand-made: no readings
