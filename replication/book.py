@@ -56,14 +56,16 @@ def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> 
     and each measurement beside the paper's claim."""
     findings = [f for f in FINDINGS.values() if f.kind == "finding"]
     lines = ["# Summary: what was reproduced, on what", "",
-             "Generated from the results files (`results/<model>/<finding>.json`) each time the book is built; "
+             "Generated from the results files (`results/<model>/<finding>.json`; finding 3's under its pair, "
+             "`results/<aligned>_vs_<unaligned>/`) each time the book is built; "
              "nothing on this page is typed by hand. The models are tiny testbeds, not the paper's 7-32B models "
              "({doc}`/book/limitations`).", "",
              "## Verdicts", "", "| finding | model | verdict | harm judge |", "|---|---|---|---|"]
     for f in findings:
         for model in models:
             res = results.get(f.key, {}).get(model)
-            lines.append(f"| {f.title} | `{model}` | {verdict_cell(f, res)} | {judge_label(res)} |")
+            label = ((res or {}).get("pair") or {}).get("name", model)   # a pair finding names both models
+            lines.append(f"| {f.title} | `{label}` | {verdict_cell(f, res)} | {judge_label(res)} |")
     lines += ["", "A judge marked *(proxy)* is the offline stand-in for the paper's StrongREJECT classifier: "
               + PROXY_JUDGES["reference_nll"] + "; a verdict read off it is a verdict about that proxy.", "",
               "## How to read a verdict", "", UNITS, ""]
