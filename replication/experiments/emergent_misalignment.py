@@ -43,7 +43,8 @@ plus the 6 validation prompts, answered 4 times each (120 answers). 3 domains x 
 ~36 s each with one CPU thread on a shared machine), each measured on 7 advice domains x up to 16
 held-out questions (the test split holds 4-30 per domain) x 3 samples (T = 1, 64 new tokens) and 10 benign
 prompts per family (~11 s); plus a budget search over 3 candidates and the before-fine-tune states of
-B-TAP and random: 29 minutes in all with one thread (measured 2026-12-02). `control_seeds=None` runs
+B-TAP and random: 29 minutes in all with one thread on a shared machine (2026-12-02); 614 s with the
+fine-tuning attack on a quiet machine with 2 threads (33 fine-tunes, 342 s; 43 measurements, 168 s; 2026-12-03). `control_seeds=None` runs
 every arm on every seed (+12 fine-tunes, ~9 minutes); the fine-tuning attack (`attack=True`) adds about
 5 minutes.
 """
