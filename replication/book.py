@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .findings import FINDINGS, PROXY_JUDGES, UNITS, VERDICTS, judge_label, verdict_of
+from .findings import FINDINGS, PROXY_JUDGES, UNITS, VERDICTS, judge_label, run_label, verdict_of
 from .paths import REPO_ROOT, atomic_write_text, results_dir, safe_name
 from .runner import executed_notebooks
 from .status import refresh_readme, status_markdown, verdict_cell
@@ -64,8 +64,7 @@ def summary_markdown(results: dict[str, dict[str, dict]], models: list[str]) -> 
     for f in findings:
         for model in models:
             res = results.get(f.key, {}).get(model)
-            label = ((res or {}).get("pair") or {}).get("name", model)   # a pair finding names both models
-            lines.append(f"| {f.title} | `{label}` | {verdict_cell(f, res)} | {judge_label(res)} |")
+            lines.append(f"| {f.title} | `{run_label(res, model)}` | {verdict_cell(f, res)} | {judge_label(res)} |")
     lines += ["", "A judge marked *(proxy)* is the offline stand-in for the paper's StrongREJECT classifier: "
               + PROXY_JUDGES["reference_nll"] + "; a verdict read off it is a verdict about that proxy.", "",
               "## How to read a verdict", "", UNITS, ""]
@@ -118,8 +117,7 @@ def finding_runs_markdown(key: str, runs: dict[str, Path], models: list[str],
             lines += ["", "| model | verdict | our measurement |", "|---|---|---|"]
             for model in sorted(results):
                 measured, _ = verdict_of(f, results[model])
-                label = (results[model].get("pair") or {}).get("name", model)   # a pair finding names both models
-                lines.append(f"| `{label}` | {verdict_cell(f, results[model])} | {measured} |")
+                lines.append(f"| `{run_label(results[model], model)}` | {verdict_cell(f, results[model])} | {measured} |")
     return "\n".join(lines) + "\n"
 
 

@@ -181,6 +181,11 @@ def judge_label(res: dict | None) -> str:
     return f"{judge} (proxy)" if judge in PROXY_JUDGES else str(judge)
 
 
+def run_label(res: dict | None, model: str) -> str:
+    """What a row names for one result: the pair for a pair finding (compression), else the model."""
+    return ((res or {}).get("pair") or {}).get("name", model)
+
+
 def verdict_of(f: Finding, res: dict | None) -> tuple[str, str]:
     """(our measurement, verdict) of one finding's results for one model, by the finding's rule."""
     if res is None:

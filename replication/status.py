@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .findings import FINDINGS, Finding, judge_label, verdict_of
+from .findings import FINDINGS, Finding, judge_label, run_label, verdict_of
 
 START, END = "<!-- status:start -->", "<!-- status:end -->"
 
@@ -48,9 +48,8 @@ def status_rows(results: dict[str, dict[str, dict]], models: list[str]) -> list[
                          "verdict": "not run" if f.implemented else "-"})
         for m in ran:
             scale = have[m].get("scale", "?")
-            label = (have[m].get("pair") or {}).get("name", m)   # a pair finding names both models
             rows.append({"finding": f.title, "implemented": implemented,
-                         "run on": f"`{label}`" + (" (smoke scale: tests the pipeline, not the claim)" if scale == "smoke"
+                         "run on": f"`{run_label(have[m], m)}`" + (" (smoke scale: tests the pipeline, not the claim)" if scale == "smoke"
                                                else f" ({scale} scale)"),
                          "verdict": verdict_cell(f, have[m], scale=False)})
     return rows

@@ -398,16 +398,20 @@ def _recognition_sets(loaded, sizes: EvalSizes, cfg: RealDataConfig, progress: b
     non-refusing answers to train-split prompts, and held-out test sets (benign requests as the
     detection negatives, said so in `info`)."""
     from . import recognition as rc
+
+    def hash_order(examples: list[Example]) -> list[Example]:   # a stable, seed-free order of the benign requests
+        return sorted(examples, key=lambda e: stable_hash("recognition\x00" + e.prompt))
+
     gen = _generator(loaded.name, loaded)
     harm_train = first_per_group(rd.load_donotanswer(split="train"), 10**6, "recognition-train")
-    benign_train = sorted(rd.load_benign_instructions(split="train"), key=lambda e: stable_hash("recognition\x00" + e.prompt))
+    benign_train = hash_order(rd.load_benign_instructions(split="train"))
     n_asked = cfg.n_detection_asked or 2 * cfg.n_pool
     det_pool, det_counts = rc.own_detection_answers(gen, harm_train, benign_train, n_asked,
                                                     chat_format=loaded.chat_format, progress=progress)
     exp_pool, exp_counts = rc.own_explanations(gen, harm_train, cfg.n_pool, chat_format=loaded.chat_format,
                                                progress=progress)
     harm_test = first_per_group(rd.load_donotanswer(split="test"), 10**6, "recognition-test")
-    benign_test = sorted(rd.load_benign_instructions(split="test"), key=lambda e: stable_hash("recognition\x00" + e.prompt))
+    benign_test = hash_order(rd.load_benign_instructions(split="test"))
     n_det = sizes.n_detection if sizes.n_detection is not None else 5 * sizes.n_eval
     test_det = rc.detection_set(harm_test, benign_test, n_det)
     test_exp = rc.explanation_set(first_per_group(harm_test, sizes.n_explanation, "recognition-explanation"))
