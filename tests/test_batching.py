@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from replication.batching import IGNORE, collate, response_loss
+from replication.batching import IGNORE, collate, pack, response_loss
 
 ROWS = [([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]),
         ([9, 10], [IGNORE, 10]),
@@ -59,3 +59,36 @@ def test_response_loss_ignores_padding_and_prompt(tok, model):
     padded = collate(rows + [(rows[0][0] + [1, 2, 3], [IGNORE] * (len(rows[0][0]) + 3))], tok.pad_token_id)
     with torch.no_grad():
         assert float(response_loss(model, **alone)) == pytest.approx(float(response_loss(model, **padded)), rel=1e-5)
+
+
+def test_pack_fills_rows_restarts_positions_and_masks_each_rows_first_label():
+    b = pack(ROWS, width=6, pad_id=0)
+    assert set(b) == {"input_ids", "labels", "position_ids"}
+    # first-fit decreasing: [5..8] then [11,12,13] does not fit beside it, [9,10] does
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
+    assert b["labels"].tolist() == [[IGNORE, IGNORE, 7, 8, IGNORE, 10], [IGNORE, 12, IGNORE, IGNORE, IGNORE, IGNORE]]
+    with pytest.raises(ValueError, match="does not fit"):
+        pack(ROWS, width=3, pad_id=0)
+    with pytest.raises(ValueError, match="at least one row"):
+        pack([], width=4, pad_id=0)
+
+
+def test_packed_loss_and_gradient_equal_the_padded_batch(tok, model):
+    """Packing is a layout, not a change of what is learned: the same mean loss and gradient."""
+    rows = [(ids, [IGNORE] + ids[1:]) for ids in ([7, 8, 9, 10, 11], [12, 13, 14], [15, 16, 17, 18], [19, 20])]
+    rows.append(_rows(tok, [("Hello there", "General Kenobi.")])[0])
+    width = max(len(ids) for ids, _ in rows) + 4
+
+    def loss_and_grad(batch):
+        model.zero_grad()
+        loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    padded = loss_and_grad(collate(rows, pad_id=0))
+    packed_batch = pack(rows, width, pad_id=0)
+    assert packed_batch["input_ids"].shape[0] < len(rows)
+    packed = loss_and_grad(packed_batch)
+    assert packed[0] == pytest.approx(padded[0], rel=1e-5)
+    assert torch.allclose(packed[1], padded[1], rtol=1e-4, atol=1e-6)

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -63,6 +63,8 @@ class OrganismConfig:
     align_steps: int = 150
     align_lr: float = 1e-3
     batch_size: int = 32
+    compile: bool = True                      # torch.compile the training forward (~1.2x a step; the same function)
+    layout: str = "packed"                    # a step's items packed into full rows (train.step_batches), or "padded"
     pretrain_mix: tuple = PRETRAIN_MIX
     instruct_mix: tuple = INSTRUCT_MIX
     align_mix: tuple = ALIGN_MIX
@@ -78,8 +80,19 @@ class OrganismConfig:
         """Small and quick (about a minute on 2 cores): for tests, not for findings."""
         base = cls(vocab_size=768, hidden=64, layers=2, heads=2, intermediate=192, pretrain_steps=150,
                    pretrain_lr=3e-3, instruct_steps=60, align_steps=30, batch_size=16, world_sizes=(100, 20, 20),
-                   label="smoke")
+                   compile=False, layout="padded", label="smoke")
+        # compiling would cost more than these few steps; padded keeps the smoke organism (and the tests
+        # pinned to its numbers) as it was trained before packing
         return replace(base, **overrides)
+
+    def describe(self) -> str:
+        """How this config differs from its scale's default, in words ("default", "personas off, world seed 1"):
+        what the build's progress lines name, so a user sees which of the organisms is training."""
+        ref = (OrganismConfig.smoke() if self.label == "smoke" else OrganismConfig.full())
+        diffs = [f.name for f in fields(self) if getattr(self, f.name) != getattr(ref, f.name) and f.name != "label"]
+        words = {"personas": "personas " + ("on" if self.personas else "off"), "world_seed": f"world seed {self.world_seed}",
+                 "train_seed": f"train seed {self.train_seed}"}
+        return ", ".join(words.get(d, f"{d}={getattr(self, d)}") for d in diffs) or "default"
 
     def key(self) -> str:
         """`<label>-<hash>` of every field and of the code that writes the world and trains on it,
@@ -165,7 +178,8 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
         t0 = time.perf_counter()
-        report_progress(f"training the organism {config.key()} (3 stages, {torch.get_num_threads()} CPU threads); "
+        report_progress(f"training the organism {config.key()} ({config.describe()}; 3 stages, "
+                        f"{torch.get_num_threads()} CPU threads); "
                         f"cached in {root}", enabled=progress)
         world = get_world(config)
         tok = make_tokenizer(world, config.vocab_size, config.train_seed)
@@ -178,7 +192,8 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
                                         warmup=min(50, config.align_steps // 5)))]
         keep = {max(1, round(f * config.align_steps)): f for f in ALIGN_SERIES}
         for i, (stage_name, stage) in enumerate(stages, 1):
-            report_progress(f"organism stage {i}/{len(stages)}: {stage_name}, {stage.steps} steps of {stage.batch_size}",
+            report_progress(f"organism ({config.describe()}) stage {i}/{len(stages)}: {stage_name}, {stage.steps} steps "
+                            f"of {stage.batch_size}",
                             enabled=False)   # for the runner only; the bar shows it interactively
             on_step = None
             if stage_name == "align":
@@ -186,7 +201,10 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
                     if n in keep and n < config.align_steps:
                         _save(model, tok, tmp / "stages" / _series_name(keep[n]))
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
-                                             desc=f"organism {stage_name}", progress=progress, on_step=on_step))
+                                             desc=f"organism {stage_name}", progress=progress,
+                                             title=f"organism ({config.describe()}) {stage_name}", compile=config.compile,
+                                             layout=config.layout,
+                                             on_step=on_step))
             if stage_name == "pretrain":
                 _save(model, tok, tmp / "stages" / "pretrained")
             if stage_name == "instruct":
