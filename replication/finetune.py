@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import copy
 import random
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from .batching import collate
 from .data import Example
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from .pruning import Mask
 
 METHODS = ("full", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -110,3 +113,28 @@ def finetune(model, tokenizer, examples: Sequence[Example], *, steps: int, lr: f
         model = model.merge_and_unload()
     model.eval()
     return model
+
+
+def weight_movement(original: torch.nn.Module, tuned: torch.nn.Module, mask: "Mask") -> dict[str, float]:
+    """How far a full fine-tune moved the pruned weights (which start it at zero): their mean |w|
+    after the fine-tune as a share of their mean |w| before pruning (1 = fully regrown), beside
+    the mean |change| of the unpruned weights of the same matrices."""
+    orig = dict(original.named_modules())
+    new = dict(tuned.named_modules())
+    regrown = before = moved = n_p = n_u = 0.0
+    for name, idx in mask.indices.items():
+        if not idx.numel():
+            continue
+        w0 = orig[name].weight.detach().reshape(-1)
+        w1 = new[name].weight.detach().reshape(-1)
+        keep = torch.ones_like(w0, dtype=torch.bool)
+        keep[idx] = False
+        regrown += float(w1[idx].abs().sum())
+        before += float(w0[idx].abs().sum())
+        moved += float((w1[keep] - w0[keep]).abs().sum())
+        n_p += idx.numel()
+        n_u += int(keep.sum())
+    return {"pruned_mean_abs_after": regrown / n_p if n_p else 0.0,
+            "pruned_mean_abs_before_pruning": before / n_p if n_p else 0.0,
+            "regrowth": (regrown / before) if before else 0.0,
+            "unpruned_mean_abs_change": moved / n_u if n_u else 0.0}

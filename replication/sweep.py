@@ -76,13 +76,14 @@ class Sweep:
     def evaluate(self, mask: Mask | None, measures: Sequence[str], *, forward_only: bool = False,
                  refusal_mask=None, categories: Sequence[str] | None = None) -> tuple[State, bool]:
         """The state with `mask` applied (None: unpruned); returns (state, reused). A mask whose
-        digest was evaluated with the same measures, or which zeroes nothing, reuses that state."""
+        digest was evaluated with the same measures, or which zeroes nothing, reuses that state (the
+        baseline's, where it has every measure asked for)."""
         key = (None if mask is None or mask.count() == 0 else mask.digest(), tuple(measures), forward_only,
                tuple(categories or ()))
         if key in self._evaluations:
             self.n_reused += 1
             return self._evaluations[key], True
-        if key[0] is None and self.baseline_key is not None:
+        if key[0] is None and self.baseline_key is not None and set(measures) <= set(self.baseline_key[1]):
             base = self._evaluations[self.baseline_key]
             names = [n for n in base.values
                      if _measure_of(n) in measures or (n == "overrefusal" and "utility" in measures)]

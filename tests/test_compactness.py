@@ -11,7 +11,7 @@ import torch
 from tiny_models import tiny_examples, tiny_llama, tiny_tokenizer
 
 from replication.data import Example
-from replication.experiments import compactness
+from replication.experiments import compactness, finetune_attack
 from replication.experiments import compactness_render as view
 from replication.experiments.compactness import ARMS, CompactnessConfig, classify, headline, run
 from replication.findings import FINDINGS
@@ -417,3 +417,31 @@ def test_real_scale_sizes_and_reference_models():
     assert ref("olmo-3-7b-instruct-dpo") == "olmo-3-7b"
     generic = LoadedModel("some-org/some-model", None, None, resolve_preset("some-org/some-model"))
     assert reference_model_for(generic)[0] == "some-org/some-model"   # no counterpart: itself
+
+
+# -- the fine-tuning attack (finetune_attack.py) -------------------------------------------------------
+def test_finetune_attack_fine_tunes_both_arms_on_compactness_own_mask(result):
+    att = result["finetune_attack"]
+    seeds = result["config"]["seeds"]
+    assert sorted((r["arm"], r["seed"]) for r in att["runs"]) == sorted((a, s) for a in ("btap", "unpruned") for s in seeds)
+    first = [r for r in result["runs"] if r["arm"] == "btap" and r["seed"] == seeds[0] and r["q"] == att["q"]]
+    assert len(first) == 1 and first[0]["count"] == att["count"] > 0   # the sweep's own first-seed B-TAP mask
+    assert [s["q"] for s in att["search"]] == sorted(s["q"] for s in att["search"])
+    assert att["search"][-1]["q"] == att["q"] and len(att["movement"]) == len(seeds)
+    assert set(att["summary"]) == set(finetune_attack.MEASURES)
+    table = view.attack_table(result)
+    assert len(table) == len(view.ATTACK_STATES) and list(table.columns)[1:] == list(view.ATTACK_MEASURES.values())
+    assert "regains" in view.attack_markdown(result) or "no harm to compare" in view.attack_markdown(result)
+
+
+def test_choose_mask_takes_the_smallest_q_that_cuts_enough_else_the_largest():
+    masks = {q: Mask({"m": torch.arange(n)}, {"m": (3, 3)}, "test") for q, n in ((1e-3, 2), (1e-2, 5), (1e-1, 9))}
+    cands = [(1e-1, masks[1e-1], 0.05), (1e-3, masks[1e-3], 0.9), (1e-2, masks[1e-2], 0.15)]
+    q, mask, search, rule = finetune_attack.choose_mask(cands, baseline_harm=1.0)
+    assert q == 1e-2 and mask is masks[1e-2] and [s["q"] for s in search] == [1e-3, 1e-2] and "none did" not in rule
+    q, mask, search, rule = finetune_attack.choose_mask(cands[:2], baseline_harm=0.5)   # 0.05 -> cut 90%
+    assert q == 1e-1
+    q, _, search, rule = finetune_attack.choose_mask([(1e-3, masks[1e-3], 0.9)], baseline_harm=1.0)
+    assert q == 1e-3 and "none did: the largest is used" in rule
+    with pytest.raises(ValueError, match="at least one"):
+        finetune_attack.choose_mask([], baseline_harm=1.0)

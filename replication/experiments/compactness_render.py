@@ -315,3 +315,51 @@ def differences(result: dict[str, Any]) -> str:
             f"suite), {d['calibration_per_seed']['harmful']} calibration examples per side instead of 412, {gen}, and "
             f"{qtext}. The scoring format, the per-matrix selection and the loss window are the paper's in the `btap` "
             "arm; the ablation arms change exactly one of them each.")
+
+
+# ----------------------------------------------------------------------------------------------
+# the third attack: fine-tuning (finetune_attack.py)
+# ----------------------------------------------------------------------------------------------
+ATTACK_MEASURES = {"harm_none": "harm, no attack", "refusal": "refusal rate", "harm_prefill": "harm, prefilling"}
+ATTACK_STATES = {"untouched": "unpruned", "pruned_before": "B-TAP-pruned, before",
+                 "unpruned_after": "unpruned + harmful fine-tune", "btap_after": "B-TAP-pruned + harmful fine-tune",
+                 "btap_minus_unpruned_after": "B-TAP - unpruned, after"}
+
+
+def _iv(ci: dict[str, float], signed: bool = False) -> str:
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return f"{f.format(ci['value'])} [{f.format(ci['lo'])}, {f.format(ci['hi'])}]"
+
+
+def attack_table(result: dict[str, Any]) -> pd.DataFrame | None:
+    """One row per model state, one column per measure (95% intervals over prompts and seeds)."""
+    att = result.get("finetune_attack")
+    if not att:
+        return None
+    s = att["summary"]
+    return pd.DataFrame([{"state": label, **{m: _iv(s[m][key], signed=key == "btap_minus_unpruned_after")
+                                             for m in ATTACK_MEASURES}}
+                         for key, label in ATTACK_STATES.items()]).rename(columns=ATTACK_MEASURES)
+
+
+def attack_markdown(result: dict[str, Any]) -> str:
+    """The fine-tuning attack's set-up and reading, or why it did not run."""
+    att = result.get("finetune_attack")
+    if not att:
+        why = ("off by default for real models (six full fine-tunes of the model do not fit 2 CPU cores)"
+               if is_real(result) else "switched off")
+        return f"The fine-tuning attack was not run: {why}; `-p finetune_attack=True` runs it."
+    ft, mv, s = att["finetune"], att["movement"], att["summary"]["harm_none"]
+    regrow = sum(m["regrowth"] for m in mv) / len(mv) if mv else float("nan")
+    restored = att["restored_share"]
+    reading = (f"the pruned model regains {restored:.0%} of the unpruned fine-tuned model's harmfulness"
+               if restored == restored else "the unpruned fine-tune produced no harm to compare with")
+    return (f"**Set-up.** B-TAP as in the sweep, p = {att['p']:g}, q = {att['q']:.3g} ({att['count']:,} weights, "
+            f"{att['fraction']:.3%} of parameters): {att['budget_rule']}. Then a {ft['kind']} fine-tune on "
+            f"{ft['n_train']} harmful training answers (chat format; {ft['steps']} steps, lr {ft['lr']:g}, batch "
+            f"{ft['batch_size']}; seeds {ft['seeds']}), and the unpruned model fine-tuned the same way. The fine-tune "
+            "is the attack: harmfulness is read with no prefilling, and with it.\n\n"
+            f"**Reading.** After the harmful fine-tune, harmfulness with no attack is {_iv(s['btap_after'])} for the "
+            f"pruned model and {_iv(s['unpruned_after'])} for the unpruned one: {reading}. The paper reports that "
+            f"harm mostly returns. The full fine-tune regrew the zeroed weights to {regrow:.1%} of their magnitude "
+            "before pruning, on average.")

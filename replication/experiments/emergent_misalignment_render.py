@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .emergent_misalignment import (ATTACK_HARM_CUT, MAX_INCOHERENCE_RISE, MAX_UTILITY_DROP, MEASURES, classify,
+from .emergent_misalignment import (MAX_INCOHERENCE_RISE, MAX_UTILITY_DROP, MEASURES, classify,
                                     verdict)
 
 LABELS = {"in_domain": "in-domain", "other_narrow": "other narrow", "open_ended": "open-ended",
@@ -147,40 +147,6 @@ def figure(result: dict[str, Any]):
     return fig
 
 
-def attack_table(result: dict[str, Any]) -> pd.DataFrame | None:
-    att = result.get("finetune_attack")
-    if not att:
-        return None
-    names = {"harm_none": "harmfulness, no attack", "refusal": "refusal rate", "harm_prefill": "harmfulness, prefilling"}
-    rows = []
-    for key, label in names.items():
-        s = att["summary"][key]
-        rows.append({"measure": label, "untouched": _fmt(s["untouched"]), "B-TAP-pruned, before": _fmt(s["pruned_before"]),
-                     "unpruned + harmful fine-tune": _fmt(s["unpruned_after"]),
-                     "B-TAP + harmful fine-tune": _fmt(s["btap_after"]),
-                     "B-TAP - unpruned, after": _fmt(s["btap_minus_unpruned_after"], signed=True)})
-    return pd.DataFrame(rows)
-
-
-def attack_markdown(result: dict[str, Any]) -> str:
-    att = result.get("finetune_attack")
-    if not att:
-        return "The fine-tuning attack was not run (config `attack=False`)."
-    ft = att["finetune"]
-    mv = att["movement"]
-    regrow = np.mean([m["regrowth"] for m in mv]) if mv else float("nan")
-    s = att["summary"]["harm_none"]
-    return (f"**Set-up.** B-TAP with harmful prune data (compactness's calibration sample), p = {att['p']:g}, q = {att['q']:g} "
-            f"({att['count']:,} weights, {att['fraction']:.3%} of parameters): {att['budget_rule']}. Then a {ft['kind']} "
-            f"fine-tune on {ft['n_train']} harmful training answers, {ft['steps']} steps, lr {ft['lr']:g}, batch "
-            f"{ft['batch_size']}, chat format, seeds {ft['seeds']}, beside the unpruned model fine-tuned the same way.\n\n"
-            f"**Reading.** With no attack, harmfulness after the harmful fine-tune is {_fmt(s['btap_after'])} for the pruned "
-            f"model and {_fmt(s['unpruned_after'])} for the unpruned one"
-            + (f": the pruned model regains {att['restored_share']:.0%} of the unpruned fine-tuned model's level"
-               if np.isfinite(att["restored_share"]) else " (the unpruned fine-tune produced no harm to compare with)")
-            + f". The fine-tune regrew the pruned weights to {regrow:.1%} of their original magnitude on average.")
-
-
 def reading(result: dict[str, Any]) -> str:
     measured, word = verdict(result)
     lines = [f"**Verdict on `{result['model']}`: {word}.** {measured}."]
@@ -226,4 +192,4 @@ def examples_table(result: dict[str, Any], domain: str | None = None) -> pd.Data
 
 
 __all__ = ["setup_markdown", "selfgen_table", "budget_table", "summary_table", "comparison_table", "movement_table",
-           "figure", "attack_table", "attack_markdown", "reading", "examples_table", "ablation_markdown", "available", "ATTACK_HARM_CUT"]
+           "figure", "reading", "examples_table", "ablation_markdown", "available"]

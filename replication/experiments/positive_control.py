@@ -256,7 +256,7 @@ def run(cfg: PositiveControlConfig, *, write: bool = True, progress: bool = True
     ccfg = compactness.CompactnessConfig.for_scale(cfg.model, cfg.scale, qs=qs, seeds=cfg.seeds,
                                                    n_calibration=cfg.n_calibration, n_eval=cfg.n_test,
                                                    n_eval_benign=cfg.n_eval_benign, ablations=False,
-                                                   refusal_ablation=False)
+                                                   refusal_ablation=False, finetune_attack=False)
     ccfg.model = planted.name
     ccfg.n_detection = cfg.n_detection
     sweep_result = compactness.run(ccfg, loaded=planted, data=data, write=False, progress=progress)
