@@ -87,8 +87,10 @@ class ProgressBar:
         self.unit = unit
         self.n = 0
         self.postfix: str | None = None
-        self._tqdm = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **tqdm_kwargs)
         self._path = progress_file()
+        # under the runner (a progress file) the bar is its status lines, never tqdm output in the executed
+        # notebook: a caller that left `enabled` on (a model trained on first use, say) must not fill the book
+        self._tqdm = tqdm(total=total, desc=desc, unit=unit, disable=not enabled or bool(self._path), **tqdm_kwargs)
         self._id = f"{os.getpid()}-{next(_ids)}"
         self._t0 = time.monotonic()
         self._last_record = self._t0
@@ -160,8 +162,8 @@ def progress_bar(iterable: Iterable | None = None, *, total: float | None = None
                  enabled: bool = True, unit: str = "it", **tqdm_kwargs: Any) -> ProgressBar:
     """A tqdm-like bar over `iterable` (or of `total` units, advanced with `update`).
 
-    Shows a tqdm bar when `enabled`; independently, when `HARMPRUNE_PROGRESS_FILE` is set, writes
-    start / throttled update / end records there for the runner. Extra keyword arguments (e.g.
+    Shows a tqdm bar when `enabled` and no runner listens; when `HARMPRUNE_PROGRESS_FILE` is set, writes
+    start / throttled update / end records there for the runner instead (whatever `enabled` says). Extra keyword arguments (e.g.
     `leave=False`) go to tqdm.
     """
     return ProgressBar(iterable, total=total, desc=desc, enabled=enabled, unit=unit, **tqdm_kwargs)

@@ -94,6 +94,12 @@ def test_smoke_verdict_and_render(result):
     assert "smoke-scale" in view.reading(result)
     assert len(view.comparison_table(result)) == len(result["domains"])
     assert set(view.summary_table(result, "after")["arm"]) == set(em.ARMS)
+    main, outside = view.summary_table(result, "after"), view.summary_table(result, "after", part="outside")
+    assert list(outside.columns) == ["domain", "arm", "other narrow", "open-ended"] and len(outside) == len(main)
+    assert "outside" in main.columns and len(main.columns) <= 7   # fits the text column
+    with pytest.raises(ValueError, match="part must be one of"):
+        view.summary_table(result, "after", part="everything")
+    assert set(view.budget_table(result)["rule"]) <= {"passes", "passes, chosen", "fails", "fails, chosen"}
     view.figure(result)
 
 

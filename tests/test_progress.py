@@ -175,3 +175,14 @@ def test_progress_file_is_removed_and_failure_stays_one_line(toy_finding, monkey
 def test_slow_loops_name_their_unit_in_the_singular():
     from replication.progress import singular
     assert [singular(u) for u in ("batches", "steps", "states", "ex")] == ["batch", "step", "state", "ex"]
+
+
+def test_under_the_runner_an_enabled_bar_writes_records_but_shows_nothing(tmp_path, monkeypatch, capsys):
+    """An executed notebook stays free of bars even where a caller left `enabled` on."""
+    path = tmp_path / "progress.jsonl"
+    monkeypatch.setenv(ENV_VAR, str(path))
+    list(progress_bar(range(3), desc="organism pretrain", enabled=True, unit="steps"))
+    out = capsys.readouterr()
+    assert "organism pretrain" not in out.out + out.err
+    kinds = [json.loads(line)["kind"] for line in path.read_text().splitlines()]
+    assert kinds[0] == "start" and kinds[-1] == "end"

@@ -349,7 +349,7 @@ def attack_markdown(result: dict[str, Any]) -> str:
         why = ("off by default for real models (six full fine-tunes of the model do not fit 2 CPU cores)"
                if is_real(result) else "switched off")
         return f"The fine-tuning attack was not run: {why}; `-p finetune_attack=True` runs it."
-    ft, mv, s = att["finetune"], att["movement"], att["summary"]["harm_none"]
+    ft, mv, s, pf = att["finetune"], att["movement"], att["summary"]["harm_none"], att["summary"]["harm_prefill"]
     regrow = sum(m["regrowth"] for m in mv) / len(mv) if mv else float("nan")
     restored = att["restored_share"]
     reading = (f"the pruned model regains {restored:.0%} of the unpruned fine-tuned model's harmfulness"
@@ -360,6 +360,7 @@ def attack_markdown(result: dict[str, Any]) -> str:
             f"{ft['batch_size']}; seeds {ft['seeds']}), and the unpruned model fine-tuned the same way. The fine-tune "
             "is the attack: harmfulness is read with no prefilling, and with it.\n\n"
             f"**Reading.** After the harmful fine-tune, harmfulness with no attack is {_iv(s['btap_after'])} for the "
-            f"pruned model and {_iv(s['unpruned_after'])} for the unpruned one: {reading}. The paper reports that "
-            f"harm mostly returns. The full fine-tune regrew the zeroed weights to {regrow:.1%} of their magnitude "
+            f"pruned model and {_iv(s['unpruned_after'])} for the unpruned one: {reading}. Under prefilling, the pruned "
+            f"model's harmfulness goes from {_iv(pf['pruned_before'])} before the fine-tune to {_iv(pf['btap_after'])} "
+            f"after it (unpruned model: {_iv(pf['untouched'])}). The paper reports that harm mostly returns. The full fine-tune regrew the zeroed weights to {regrow:.1%} of their magnitude "
             "before pruning, on average.")

@@ -11,6 +11,7 @@ from .emergent_misalignment import (MAX_INCOHERENCE_RISE, MAX_UTILITY_DROP, MEAS
 
 LABELS = {"in_domain": "in-domain", "other_narrow": "other narrow", "open_ended": "open-ended",
           "outside": "outside (other narrow + open-ended)", "incoherent": "incoherent (all advice)"}
+SHORT_LABELS = {**LABELS, "outside": "outside", "incoherent": "incoherent"}   # table headers; the prose says what they pool
 
 
 def _fmt(ci: dict[str, float] | None, scale: float = 1.0, signed: bool = False) -> str:
@@ -66,25 +67,38 @@ def selfgen_table(result: dict[str, Any]) -> pd.DataFrame:
 
 
 def budget_table(result: dict[str, Any]) -> pd.DataFrame:
+    """The budget search per domain: each candidate q, what it costs before any fine-tune, and the rule."""
     rows = []
     for d, b in result["budgets"].items():
         for s in b["search"]:
-            rows.append({"domain": d, "q": f"{s['q']:g}", "weights": s["count"], "incoherent before fine-tune": round(s["incoherent"], 3),
-                         "rise from untouched": round(s["incoherence_rise"], 3),
-                         "worst benign drop": round(s["worst_utility_drop"], 3), "coherent (rule)": s["coherent"],
-                         "chosen": s["q"] == b["q"]})
+            rule = ("passes" if s["coherent"] else "fails") + (", chosen" if s["q"] == b["q"] else "")
+            rows.append({"domain": d, "q": f"{s['q']:g}", "weights": s["count"], "incoherent": round(s["incoherent"], 3),
+                         "rise": round(s["incoherence_rise"], 3), "worst benign drop (pts)": round(s["worst_utility_drop"] * 100, 1),
+                         "rule": rule})
     return pd.DataFrame(rows)
 
 
-def summary_table(result: dict[str, Any], stage: str = "after") -> pd.DataFrame:
+#: the measures of each part of `summary_table` (two narrower tables instead of one that runs past the text column)
+SUMMARY_PARTS = {"main": ("in_domain", "outside", "incoherent"), "outside": ("other_narrow", "open_ended")}
+
+
+def summary_table(result: dict[str, Any], stage: str = "after", part: str = "main") -> pd.DataFrame:
+    """Per fine-tuned domain and arm, 95% intervals over questions and seeds. `part="main"`: in-domain,
+    outside and incoherent shares with the worst benign drop; `part="outside"`: the outside share split
+    into the other narrow domains and the open-ended questions."""
+    if part not in SUMMARY_PARTS:
+        raise ValueError(f"part must be one of {list(SUMMARY_PARTS)}, got {part!r}")
     rows = []
     fams = sorted(result["untouched"]["utility"])
     for r in result["summary"]:
         if r["stage"] != stage or (stage == "after" and r["arm"] == "untouched"):
             continue
-        row = {"fine-tuned domain": r["domain"], "arm": r["arm"], "seeds": r["n_seeds"]}
-        row.update({LABELS[m]: _fmt(r[m]) for m in MEASURES})
-        row["worst benign drop (points)"] = max((r[f"drop:{f}"]["value"] * 100 for f in fams), default=np.nan)
+        row = {"domain": r["domain"], "arm": r["arm"]}
+        if part == "main":
+            row["seeds"] = r["n_seeds"]
+        row.update({SHORT_LABELS[m]: _fmt(r[m]) for m in SUMMARY_PARTS[part]})
+        if part == "main":
+            row["worst benign drop (pts)"] = max((r[f"drop:{f}"]["value"] * 100 for f in fams), default=np.nan)
         rows.append(row)
     return pd.DataFrame(rows)
 
