@@ -41,6 +41,10 @@ class Interval:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def brief(self) -> dict[str, float]:
+        """Value and bounds only: what a result stores per cell, where the sizes are stated once."""
+        return {"value": self.value, "lo": self.lo, "hi": self.hi}
+
     @classmethod
     def from_dict(cls, d: Mapping) -> "Interval":
         return cls(**{k: d[k] for k in ("value", "lo", "hi", "n_prompts", "n_seeds", "level", "method") if k in d})

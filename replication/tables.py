@@ -25,6 +25,15 @@ def _cell(value: Any, digits: int) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def interval_text(ci: dict[str, float] | None, *, scale: float = 1.0, signed: bool = False) -> str:
+    """A stored interval (`value`, `lo`, `hi`) as `0.42 [0.35, 0.50]` (`signed`: `+0.42 ...`), times
+    `scale`; "-" where there is none."""
+    if not ci:
+        return "-"
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return f"{f.format(ci['value'] * scale)} [{f.format(ci['lo'] * scale)}, {f.format(ci['hi'] * scale)}]"
+
+
 def markdown_table(df: pd.DataFrame, *, index: bool = True, digits: int = 3) -> str:
     """A DataFrame as a Markdown pipe table, every cell in full (floats to `digits` places)."""
     cols = list(df.columns)

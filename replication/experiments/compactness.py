@@ -289,9 +289,10 @@ def run(cfg: CompactnessConfig, *, loaded: LoadedModel | None = None, data: Task
     if cfg.finetune_attack:   # compactness's own B-TAP masks of the first seed, the smallest q cutting harm by 80%
         cands = [(r["q"], masks[("btap", p_seed, r["q"])], r["values"]["harm_prefill"])
                  for r in rows if r["arm"] == "btap" and r["seed"] == p_seed]
-        q_att, mask_att, search, rule = finetune_attack.choose_mask(cands, baseline.value("harm_prefill"))
+        att_cfg = cfg.attack()
+        q_att, mask_att, search, rule = finetune_attack.choose_mask(cands, baseline.value("harm_prefill"), att_cfg.harm_cut)
         attack = finetune_attack.run(sweep, data, mask_att, p=p, q=q_att, search=search, budget_rule=rule,
-                                     cfg=cfg.attack(), progress=progress)
+                                     cfg=att_cfg, progress=progress)
     determinism = (response_determinism(model, tok, data.test_harmful, data.test_benign,
                                         batch_size=sweep.batch_size) if cfg.determinism else None)
 

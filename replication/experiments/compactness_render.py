@@ -7,6 +7,7 @@ from typing import Any
 import pandas as pd
 
 from ..findings import judge_label
+from ..tables import interval_text
 from .compactness import ARMS, HARM_CUT, PAPER, SIZE_BOUND, UTILITY_DROP, classify, format_multiple, paper_multiple, size_note
 
 
@@ -326,18 +327,13 @@ ATTACK_STATES = {"untouched": "unpruned", "pruned_before": "B-TAP-pruned, before
                  "btap_minus_unpruned_after": "B-TAP - unpruned, after"}
 
 
-def _iv(ci: dict[str, float], signed: bool = False) -> str:
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return f"{f.format(ci['value'])} [{f.format(ci['lo'])}, {f.format(ci['hi'])}]"
-
-
 def attack_table(result: dict[str, Any]) -> pd.DataFrame | None:
     """One row per model state, one column per measure (95% intervals over prompts and seeds)."""
     att = result.get("finetune_attack")
     if not att:
         return None
     s = att["summary"]
-    return pd.DataFrame([{"state": label, **{m: _iv(s[m][key], signed=key == "btap_minus_unpruned_after")
+    return pd.DataFrame([{"state": label, **{m: interval_text(s[m][key], signed=key == "btap_minus_unpruned_after")
                                              for m in ATTACK_MEASURES}}
                          for key, label in ATTACK_STATES.items()]).rename(columns=ATTACK_MEASURES)
 
@@ -359,8 +355,8 @@ def attack_markdown(result: dict[str, Any]) -> str:
             f"{ft['n_train']} harmful training answers (chat format; {ft['steps']} steps, lr {ft['lr']:g}, batch "
             f"{ft['batch_size']}; seeds {ft['seeds']}), and the unpruned model fine-tuned the same way. The fine-tune "
             "is the attack: harmfulness is read with no prefilling, and with it.\n\n"
-            f"**Reading.** After the harmful fine-tune, harmfulness with no attack is {_iv(s['btap_after'])} for the "
-            f"pruned model and {_iv(s['unpruned_after'])} for the unpruned one: {reading}. Under prefilling, the pruned "
-            f"model's harmfulness goes from {_iv(pf['pruned_before'])} before the fine-tune to {_iv(pf['btap_after'])} "
-            f"after it (unpruned model: {_iv(pf['untouched'])}). The paper reports that harm mostly returns. The full fine-tune regrew the zeroed weights to {regrow:.1%} of their magnitude "
+            f"**Reading.** After the harmful fine-tune, harmfulness with no attack is {interval_text(s['btap_after'])} for the "
+            f"pruned model and {interval_text(s['unpruned_after'])} for the unpruned one: {reading}. Under prefilling, the pruned "
+            f"model's harmfulness goes from {interval_text(pf['pruned_before'])} before the fine-tune to {interval_text(pf['btap_after'])} "
+            f"after it (unpruned model: {interval_text(pf['untouched'])}). The paper reports that harm mostly returns. The full fine-tune regrew the zeroed weights to {regrow:.1%} of their magnitude "
             "before pruning, on average.")

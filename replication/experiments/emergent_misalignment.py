@@ -475,9 +475,6 @@ def grid(states: Sequence[dict[str, Any]], domains: Sequence[str], key: str) -> 
     return np.asarray([[x for d in domains for x in s["em"][d][key]] for s in states], dtype=float)
 
 
-def _ci(iv: stats.Interval) -> dict[str, float]:
-    return {"value": iv.value, "lo": iv.lo, "hi": iv.hi}
-
 
 MEASURES = ("in_domain", "other_narrow", "open_ended", "outside", "incoherent")
 
@@ -500,19 +497,19 @@ def summarise(result: dict[str, Any]) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {"domain": domain, "arm": arm, "stage": stage, "n_seeds": len(states)}
                 for m in MEASURES:
                     key = "incoherent" if m == "incoherent" else "misaligned"
-                    row[m] = _ci(stats.mean_interval(grid(states, g[m], key)))
+                    row[m] = stats.mean_interval(grid(states, g[m], key)).brief()
                 for f in fams:
-                    row[f"drop:{f}"] = _ci(stats.difference(np.asarray(result["untouched"]["utility"][f], float)[None],
-                                                            np.asarray([s["utility"][f] for s in states], float)))
+                    row[f"drop:{f}"] = stats.difference(np.asarray(result["untouched"]["utility"][f], float)[None],
+                                                            np.asarray([s["utility"][f] for s in states], float)).brief()
                 if stage == "after":
                     for m in MEASURES:
                         key = "incoherent" if m == "incoherent" else "misaligned"
                         mine = grid(states, g[m], key)
-                        row[f"rise_from_untouched:{m}"] = _ci(stats.difference(mine, grid(ref["untouched"], g[m], key)))
+                        row[f"rise_from_untouched:{m}"] = stats.difference(mine, grid(ref["untouched"], g[m], key)).brief()
                         if arm != "unpruned" and "unpruned" in after:
-                            row[f"below_unpruned:{m}"] = _ci(stats.difference(grid(after["unpruned"], g[m], key), mine))
+                            row[f"below_unpruned:{m}"] = stats.difference(grid(after["unpruned"], g[m], key), mine).brief()
                         if arm not in ("unpruned", "random") and "random" in after:
-                            row[f"below_random:{m}"] = _ci(stats.difference(grid(after["random"], g[m], key), mine))
+                            row[f"below_random:{m}"] = stats.difference(grid(after["random"], g[m], key), mine).brief()
                 rows.append(row)
     return rows
 

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..tables import interval_text
 from .emergent_misalignment import (MAX_INCOHERENCE_RISE, MAX_UTILITY_DROP, MEASURES, classify,
                                     verdict)
 
@@ -14,11 +15,7 @@ LABELS = {"in_domain": "in-domain", "other_narrow": "other narrow", "open_ended"
 SHORT_LABELS = {**LABELS, "outside": "outside", "incoherent": "incoherent"}   # table headers; the prose says what they pool
 
 
-def _fmt(ci: dict[str, float] | None, scale: float = 1.0, signed: bool = False) -> str:
-    if not ci:
-        return "-"
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return f"{f.format(ci['value'] * scale)} [{f.format(ci['lo'] * scale)}, {f.format(ci['hi'] * scale)}]"
+_fmt = interval_text
 
 
 def available(result: dict[str, Any]) -> bool:

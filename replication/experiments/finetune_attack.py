@@ -76,9 +76,6 @@ def choose_mask(candidates: Sequence[tuple[float, Mask, float]], baseline_harm: 
     return chosen[0], chosen[1], search, rule
 
 
-def _ci(iv: stats.Interval) -> dict[str, float]:
-    return {"value": iv.value, "lo": iv.lo, "hi": iv.hi}
-
 
 def run(sweep: Sweep, data: TaskData, mask: Mask, *, p: float, q: float, search: list[dict[str, Any]],
         budget_rule: str, cfg: AttackConfig, progress: bool = False) -> dict[str, Any]:
@@ -87,7 +84,7 @@ def run(sweep: Sweep, data: TaskData, mask: Mask, *, p: float, q: float, search:
     from ..progress import progress_bar
     loaded, ev = sweep.loaded, sweep.evaluator
     model, tok = loaded.model, loaded.tokenizer
-    base = ev.evaluate(MEASURES)   # the unpruned model on the attack's measures (the sweep's baseline lacks some)
+    base, _ = sweep.evaluate(None, MEASURES)   # the unpruned model on the attack's measures
     pruned_before, _ = sweep.evaluate(mask, MEASURES)
     train = attack_set(data, cfg.n_train)
     runs, movement = [], []
@@ -112,11 +109,11 @@ def run(sweep: Sweep, data: TaskData, mask: Mask, *, p: float, q: float, search:
     for name in MEASURES:
         g = {a: np.asarray([r["items"][name] for r in runs if r["arm"] == a], float) for a in ARMS}
         summary[name] = {
-            "untouched": _ci(stats.mean_interval(base.items[name])),
-            "pruned_before": _ci(stats.mean_interval(pruned_before.items[name])),
-            "unpruned_after": _ci(stats.mean_interval(g["unpruned"])),
-            "btap_after": _ci(stats.mean_interval(g["btap"])),
-            "btap_minus_unpruned_after": _ci(stats.difference(g["btap"], g["unpruned"])),
+            "untouched": stats.mean_interval(base.items[name]).brief(),
+            "pruned_before": stats.mean_interval(pruned_before.items[name]).brief(),
+            "unpruned_after": stats.mean_interval(g["unpruned"]).brief(),
+            "btap_after": stats.mean_interval(g["btap"]).brief(),
+            "btap_minus_unpruned_after": stats.difference(g["btap"], g["unpruned"]).brief(),
         }
     un, bt = summary["harm_none"]["unpruned_after"]["value"], summary["harm_none"]["btap_after"]["value"]
     return {"arms": ARMS, "p": p, "q": q, "count": mask.count(), "fraction": mask.count() / sweep.total_parameters,

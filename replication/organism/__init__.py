@@ -178,7 +178,8 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}."))
     try:
         t0 = time.perf_counter()
-        report_progress(f"training the organism {config.key()} ({config.describe()}; 3 stages, "
+        which = config.describe()
+        report_progress(f"training the organism {config.key()} ({which}; 3 stages, "
                         f"{torch.get_num_threads()} CPU threads); "
                         f"cached in {root}", enabled=progress)
         world = get_world(config)
@@ -192,7 +193,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
                                         warmup=min(50, config.align_steps // 5)))]
         keep = {max(1, round(f * config.align_steps)): f for f in ALIGN_SERIES}
         for i, (stage_name, stage) in enumerate(stages, 1):
-            report_progress(f"organism ({config.describe()}) stage {i}/{len(stages)}: {stage_name}, {stage.steps} steps "
+            report_progress(f"organism ({which}) stage {i}/{len(stages)}: {stage_name}, {stage.steps} steps "
                             f"of {stage.batch_size}",
                             enabled=False)   # for the runner only; the bar shows it interactively
             on_step = None
@@ -202,7 +203,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
                         _save(model, tok, tmp / "stages" / _series_name(keep[n]))
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
                                              desc=f"organism {stage_name}", progress=progress,
-                                             title=f"organism ({config.describe()}) {stage_name}", compile=config.compile,
+                                             title=f"organism ({which}) {stage_name}", compile=config.compile,
                                              layout=config.layout,
                                              on_step=on_step))
             if stage_name == "pretrain":

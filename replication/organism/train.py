@@ -141,7 +141,7 @@ def step_batches(tokenizer, items: list[Item], max_len: int, layout: str = "pack
 
 def compiled_forward(model, enabled: bool) -> Callable[..., Any]:
     """`torch.compile(model)` where asked for (the same function, its small element-wise ops fused:
-    about 1.4x a step of the organism on CPU, after ~20-60 s of compiling), else the model itself.
+    about 1.2x a step of the organism on CPU, after ~20-65 s of compiling), else the model itself.
     Shapes are marked dynamic because the number of packed rows varies from step to step."""
     return torch.compile(model, dynamic=True) if enabled else model
 
@@ -154,7 +154,7 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     `on_step(n)` is called after the n-th optimiser step (n from 1): how checkpoints along a stage
     are kept without a second run. `desc` seeds the stage's data stream; `title` (default `desc`)
     is only what the progress bar shows. `layout` is how a step's items become micro-batches
-(`step_batches`). `compile` runs the forward through `torch.compile`; where that
+    (`step_batches`). `compile` runs the forward through `torch.compile`; where that
     cannot work (no C++ compiler for inductor, say) the first step says so and the stage goes on
     uncompiled, which `compiled` in the returned log records."""
     rng = random.Random(f"stage|{desc}|{seed}")
