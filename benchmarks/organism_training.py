@@ -3,6 +3,7 @@ forward + backward + AdamW step of the same model on the same batch shapes.
 
     .venv/bin/python benchmarks/organism_training.py              # 40 steps per stage, the book's organism sizes
     .venv/bin/python benchmarks/organism_training.py --steps 100 --threads 2
+    .venv/bin/python benchmarks/organism_training.py --threads 2 --bf16-probe   # what bf16 autocast would give
 
 Per stage it times (1) writing and tokenising the batches (`train._sources` + `train.step_batches`,
 which packs each step's items into full rows) on their own, (2) the floor: the same packed batches
@@ -48,8 +49,9 @@ def stage_batches(world, tok, stage: StageConfig, steps: int, max_len: int, seed
     return batches, t_write, t_tok
 
 
-def floor_rate(model, batches, lr: float, pad_id: int) -> tuple[float, int]:
-    """Seconds and tokens for plain forward/backward/clip/AdamW steps over prepared micro-batches."""
+def floor_rate(model, batches, lr: float, pad_id: int, bf16: bool = False) -> tuple[float, int]:
+    """Seconds and tokens for plain forward/backward/clip/AdamW steps over prepared micro-batches
+    (`bf16`: the forward under bf16 autocast, fp32 weights and optimiser: what lower precision would give)."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
     tokens = 0
@@ -57,7 +59,9 @@ def floor_rate(model, batches, lr: float, pad_id: int) -> tuple[float, int]:
     for batch in batches:
         opt.zero_grad(set_to_none=True)
         tokens += int((batch["input_ids"] != pad_id).sum())
-        model(**batch, use_cache=False).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
     return time.perf_counter() - t0, tokens
@@ -67,6 +71,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=40, help="steps timed per stage")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--bf16-probe", action="store_true",
+                    help="also time the floor under bf16 autocast (uncompiled and compiled); the organism trains in fp32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = OrganismConfig.full()
@@ -98,6 +104,15 @@ def main() -> None:
                "write_s_per_step": round(t_write / args.steps, 4), "tokenise_s_per_step": round(t_tok / args.steps, 4),
                "floor_s_per_step": round(t_floor / args.steps, 4), "train_s_per_step": round(steady_s, 4),
                "projected_stage_s": round(log["first_step_seconds"] + steady_s * (full_steps[name] - 1), 1)}
+        if args.bf16_probe:
+            for label, compiled in (("bf16_floor", False), ("bf16_compiled", True)):
+                m = build_model(tok, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
+                                intermediate=cfg.intermediate, max_len=cfg.max_len, seed=0)
+                run = torch.compile(m, dynamic=True) if compiled else m
+                floor_rate(run, batches[:3], stage.lr, tok.pad_token_id, bf16=True)   # warm-up / compile
+                t_b, _ = floor_rate(run, batches, stage.lr, tok.pad_token_id, bf16=True)
+                row[f"{label}_s_per_step"] = round(t_b / args.steps, 4)
+            row["bf16_compiled_vs_train"] = round(steady_s / row["bf16_compiled_s_per_step"], 3)
         out["stages"][name] = row
         print(f"{name:9s} floor {row['floor_tokens_per_s']:>7,} tok/s  train {row['train_tokens_per_s']:>7,} tok/s  "
               f"ratio {row['ratio_to_floor']:.2f}  (per step: write {row['write_s_per_step']:.3f} s, tokenise "
@@ -107,7 +122,7 @@ def main() -> None:
     out["target_s"] = 480
     out["met"] = out["projected_total_s"] <= out["target_s"] and all(r["ratio_to_floor"] >= 0.8 for r in out["stages"].values())
     print(f"projected three stages + tokenizer: {out['projected_total_s']:.0f} s")
-    dest = ROOT / "benchmarks" / "results" / f"organism-training-{args.threads}t.json"
+    dest = ROOT / "benchmarks" / "results" / f"organism-training-{args.threads}t{'-bf16probe' if args.bf16_probe else ''}.json"
     atomic_write_json(dest, out)
     print(f"written: {dest}")
 

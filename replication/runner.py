@@ -169,7 +169,16 @@ class ProgressTail:
             self._pending = None
             if rec is not None:
                 self._last_status = now
-                self._status(_progress.format_record(rec))
+                self._status(self._status_text(rec))
+
+    def _status_text(self, rec: dict) -> str:
+        """The latest bar's line, after the outermost open bar's when that is another one: inner loops
+        (a generation, a scoring pass) update far more often, and alone they would hide how far the
+        run itself has come (`generality 14/42 states ... > generate 0/1 batches`)."""
+        outer = next(iter(self._bars.values()), None)
+        if outer is None or outer is rec:
+            return _progress.format_record(rec)
+        return _progress.format_record(outer) + "  >  " + _progress.format_record(rec, indent="")
 
 
 @dataclass

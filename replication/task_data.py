@@ -267,9 +267,39 @@ class RealDataConfig:
     recognition: bool = False
     n_detection_asked: int | None = None   # train detection items answered for the pool (None: 2 x n_pool)
     explanation_judge: str = "lexicon"     # `recognition.EXPLANATION_JUDGES`: the offline stand-in, or "llm" online
+    #: `HARM_CATEGORY_SETS`: the harm categories (prune pools, test sets, per-category measures); with
+    #: "hexphi", HEx-PHI's prompts are the prune prompts too (answered by the reference model, as offline)
+    harm_categories: str = "donotanswer"
 
 
 SOURCES = ("offline", "paper")
+#: where a real model's harm categories come from: Do-Not-Answer's five risk areas (offline), HEx-PHI's
+#: `chosen_five` (the paper's transfer categories; the hub, gated), or "auto": HEx-PHI for hub models when the
+#: hub serves it, else Do-Not-Answer
+HARM_CATEGORY_SETS = ("donotanswer", "hexphi", "auto")
+
+
+def _harm_category_set(loaded, asked: str, progress: bool) -> tuple[str, tuple[str, ...], dict[str, str]]:
+    """(source, its categories, what was used and why) for `RealDataConfig.harm_categories`."""
+    if asked not in HARM_CATEGORY_SETS:
+        raise ValueError(f"harm_categories must be one of {', '.join(HARM_CATEGORY_SETS)}; got {asked!r}")
+    if asked == "donotanswer" or (asked == "auto" and loaded.preset.source != "hub"):
+        why = "asked" if asked == "donotanswer" else "auto: not a hub model (HEx-PHI is for hub models)"
+        return "donotanswer", tuple(rd.DONOTANSWER_CATEGORIES), {"asked": asked, "used": "donotanswer", "why": why}
+    try:
+        rows = rd.load_hexphi(categories=rd.HEXPHI_CHOSEN_FIVE)
+    except (RuntimeError, ImportError) as err:
+        if asked == "hexphi":
+            raise MissingTaskData(f"harm_categories='hexphi' needs HEx-PHI from the hub: {str(err).splitlines()[0]}; "
+                                  "pass harm_categories='donotanswer' for the offline categories") from None
+        why = f"auto: HEx-PHI could not be loaded ({str(err).splitlines()[0][:160]}), so Do-Not-Answer's"
+        report(f"harm categories: {why}", enabled=progress)
+        return "donotanswer", tuple(rd.DONOTANSWER_CATEGORIES), {"asked": asked, "used": "donotanswer", "why": why}
+    cats = tuple(c for c in rd.HEXPHI_CHOSEN_FIVE if any(e.category == c for e in rows))
+    missing = [c for c in rd.HEXPHI_CHOSEN_FIVE if c not in cats]
+    why = "asked" if asked == "hexphi" else "auto: a hub model and the hub serves HEx-PHI"
+    report(f"harm categories: HEx-PHI's chosen five, {len(cats)} served ({why})", enabled=progress)
+    return "hexphi", cats, {"asked": asked, "used": "hexphi", "why": why, "missing": ", ".join(missing)}
 
 
 def _paper_sources(n_pool: int, progress: bool) -> tuple[tuple[str, ...], list[Example] | None, dict[str, str]]:
@@ -308,9 +338,11 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     def long_enough(e: Example) -> bool:
         return len(loaded.tokenizer(e.response, add_special_tokens=False)["input_ids"]) >= MIN_HARMFUL_TOKENS
 
+    cat_source, categories, cat_info = _harm_category_set(loaded, cfg.harm_categories, progress)
+
     def categorised(e: Example) -> Example:
         # HarmBench's offline copy has no categories: its prompts prune, but belong to no category
-        if e.category not in rd.DONOTANSWER_CATEGORIES:
+        if e.category not in categories:
             e.meta.setdefault("source_category", e.category)
             e.category = ""
         return e
@@ -320,6 +352,9 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     sources, alpaca, sources_info = (("donotanswer", "harmbench"), None, {"asked": "offline"})
     if cfg.sources == "paper":
         sources, alpaca, sources_info = _paper_sources(cfg.n_pool, progress)
+    if cat_source == "hexphi":   # the categories' own prompts prune (AdvBench and HarmBench carry no HEx-PHI category)
+        sources = ("hexphi",)
+        sources_info = {**sources_info, "harmful": "HEx-PHI (LLM-Tuning-Safety/HEx-PHI) from the hub: its categories"}
     harmful = sg.harmful_prune_set(gen_ref, n=cfg.n_pool, sources=sources, **common)
     harmful_kept = [categorised(e) for e in harmful if long_enough(e)]
     benign = sg.SelfGenerated(alpaca, [], {"source": "alpaca_no_safety"}, None) if alpaca is not None \
@@ -336,9 +371,11 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     n_answered = len(own) + len(refusals)
 
     gen_cfg = sg.SELF_GEN_CONFIG
-    test_prompts = first_per_group(rd.load_donotanswer(split="test"), 2 * sizes.n_eval + 2, "task-test")
+    test_pool = rd.load_hexphi(split="test") if cat_source == "hexphi" else rd.load_donotanswer(split="test")
+    test_prompts = first_per_group(test_pool, 2 * sizes.n_eval + 2, "task-test")
     test_gen = sg.self_generate(gen_ref, test_prompts, gen_config=gen_cfg, chat_format=ref_fmt,
-                                cache_key="task-harmful-test", progress=progress)
+                                cache_key="task-harmful-test" + ("" if cat_source == "donotanswer" else f"-{cat_source}"),
+                                progress=progress)
     test_long = [e for e in test_gen if long_enough(e)]
     test_harmful = first_per_group(test_long, sizes.n_eval, "task-test")
     test_b_prompts = first_per_group(rd.load_benign_instructions(split="test"), sizes.benign + 1, "task-test")
@@ -358,10 +395,11 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     else:
         judge = get_judge("reference_nll", model=loaded.model, tokenizer=loaded.tokenizer,
                           chat_format=loaded.chat_format, batch_size=bs)
-    short = {cat: sizes.n_eval - sum(e.category == cat for e in test_harmful) for cat in rd.DONOTANSWER_CATEGORIES}
+    short = {cat: sizes.n_eval - sum(e.category == cat for e in test_harmful) for cat in categories}
     recog = _recognition_sets(loaded, sizes, cfg, progress) if cfg.recognition else {}
     info = {
         "harm_judge": {"asked": cfg.judge, "used": judge_name, "why": judge_why}, "sources": sources_info,
+        "harm_categories": cat_info,
         "reference_model": ref, "reference_rule": why, "reference_chat_format": ref_fmt,
         "self_generation": gen_cfg.to_dict(),
         "harmful_pool": len(harmful_kept), "harmful_pool_refused_dropped": harmful.n_filtered,
@@ -383,7 +421,7 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
                     "refusal_pool": f"{loaded.name} refused none of the {n_answered} harmful train prompts searched"},
         **({"recognition": recog["info"]} if recog else {}),
     }
-    return TaskData(model=loaded.name, kind="real", categories=tuple(rd.DONOTANSWER_CATEGORIES),
+    return TaskData(model=loaded.name, kind="real", categories=categories,
                     families=tuple(sorted({e.category for e in test_benign})),
                     harmful_pool=harmful_kept, benign_pool=list(benign), control_pool=list(control),
                     refusal_pool=refusals, test_harmful=test_harmful, test_benign=test_benign,
@@ -441,6 +479,6 @@ def task_data(loaded, scale: str, sizes: EvalSizes, real: RealDataConfig | None 
     return real_task_data(loaded, sizes, real or RealDataConfig(), progress=progress)
 
 
-__all__ = ["TaskData", "EvalSizes", "RealDataConfig", "MissingTaskData", "task_data", "organism_task_data",
+__all__ = ["TaskData", "EvalSizes", "RealDataConfig", "MissingTaskData", "HARM_CATEGORY_SETS", "task_data", "organism_task_data",
            "real_task_data", "world_task_data", "extended_test_set", "reference_model_for", "resolve_harm_judge", "first_per_group",
            "MIN_HARMFUL_TOKENS", "HARM_JUDGES"]

@@ -104,6 +104,30 @@ def test_tail_prints_in_place_on_a_tty_and_plain_lines_otherwise(tmp_path, monke
         assert ("\r" in text) == isinstance(stream, Tty)
 
 
+def test_status_keeps_the_outer_bar_in_view_while_inner_bars_update(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "STATUS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(runner, "LOG_STATUS_INTERVAL_S", 0.0)
+    monkeypatch.setattr(progress, "RECORD_INTERVAL_S", 0.0)
+    path = tmp_path / "p.jsonl"
+    path.write_text("")
+    stream = io.StringIO()
+    tail = runner.ProgressTail(str(path), stream, poll_s=0.05)
+    monkeypatch.setenv(ENV_VAR, str(path))
+    outer = progress_bar(total=42, desc="generality run", enabled=False, unit="state")
+    for _ in range(3):
+        inner = progress_bar(total=1, desc="generate", enabled=False, unit="batches")
+        inner.update(1)
+        inner.close()
+        outer.update(1)
+    inner = progress_bar(total=4, desc="scores", enabled=False, unit="ex")
+    tail._poll()
+    last = stream.getvalue().rstrip("\n").splitlines()[-1]
+    assert last.startswith("      generality run  3/42 state") and last.endswith(">  scores  0/4 ex  started")
+    inner.close()
+    outer.close()
+    tail.stop()
+
+
 def _toy_notebook(path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("model = 'x'\nscale = 'full'")

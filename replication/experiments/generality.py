@@ -79,6 +79,9 @@ class GeneralityConfig:
     eval_batch_size: int = 48
     data_chunk: int | None = None
     reference_model: str | None = None
+    #: `task_data.HARM_CATEGORY_SETS`: "auto" takes HEx-PHI's eleven categories for hub models when the hub
+    #: serves them, else Do-Not-Answer's five risk areas (the result's data say which, and why)
+    harm_categories: str = "auto"
 
     @classmethod
     def for_scale(cls, model: str, scale: str, **overrides) -> "GeneralityConfig":
@@ -142,7 +145,8 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
     real = loaded.preset.source != "organism"
     sizes = EvalSizes(n_eval=cfg.n_eval, n_eval_benign=cfg.n_eval_benign, n_qa=cfg.n_qa)
     real_cfg = RealDataConfig(n_pool=2 * max(cfg.n_per_category * 5, cfg.n_benign), judge=cfg.judge,
-                              data_chunk=cfg.data_chunk, reference_model=cfg.reference_model)
+                              data_chunk=cfg.data_chunk, reference_model=cfg.reference_model,
+                              harm_categories=cfg.harm_categories)
     data = data or task_data(loaded, cfg.scale, sizes, real_cfg, progress=progress)
     cats = [c for c in data.categories if data.harmful([c]) and data.harmful([c], test=True)]
     if len(cats) < 2:
@@ -173,13 +177,16 @@ def run(cfg: GeneralityConfig, *, loaded: LoadedModel | None = None, data: TaskD
         q, why = cfg.q, f"q = {cfg.q:g} set in the config"
     else:
         candidates = sorted(cfg.qs or default_qs(loaded))
+        # a real model judged by reference NLL reads no generation for harm: the search skips the
+        # keyword-refusal continuations, which only it would have paid for (the harm numbers are the same)
+        search_forward_only = ev.keyword_judged
         bar = progress_bar(total=len(candidates) * len(cats), desc=f"generality budget {cfg.model}", enabled=progress)
         for qq in candidates:
             ref = sweep.select(pooled0, ben0, p, qq)
             cuts = {}
             for c in cats:
                 st, _ = sweep.evaluate(sweep.matched(per0[c], ben0, p, ref, f"category:{c}"), ["harm_prefill"],
-                                       categories=[c])
+                                       categories=[c], forward_only=search_forward_only)
                 b = baseline.by_category("harm_prefill").get(c, 0.0)
                 cuts[c] = 1 - st.values["harm_prefill"] / b if b > 0 else float("nan")
                 bar.update(1)

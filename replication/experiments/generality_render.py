@@ -157,6 +157,19 @@ def reading(result: dict[str, Any]) -> str:
         if inter:
             lines.append(f"Pruning only the {int(round(inter['count'])):,} weights every category's set shares cuts harm on "
                          f"all held-out prompts by {_fmt(inter['harm_all'])}.")
+    lines.append(categories_line(result))
     if result["scale"] == "smoke":
         lines.append("*This is a smoke-scale run: its numbers test the pipeline, not the claim.*")
     return "\n\n".join(lines)
+
+
+CATEGORY_SET_NAMES = {"donotanswer": "Do-Not-Answer's risk areas", "hexphi": "HEx-PHI's categories"}
+
+
+def categories_line(result: dict[str, Any]) -> str:
+    """Which harm categories these are (a real model's category set is chosen; the organism's are its world's)."""
+    cats = result["categories"]
+    info = result.get("data", {}).get("harm_categories")
+    where = "the organism's world" if result.get("kind") != "real" else (
+        CATEGORY_SET_NAMES.get(info["used"], info["used"]) + f" ({info['why']})" if info else "Do-Not-Answer's risk areas")
+    return f"The {len(cats)} harm categories are {where}: " + ", ".join(f"`{c}`" for c in cats) + "."
