@@ -1,6 +1,8 @@
 """The organism: world splits, tokenizer, exact judge, deterministic training, loading by name."""
 from __future__ import annotations
 
+import math
+
 import random
 
 import pytest
@@ -98,6 +100,18 @@ def test_training_is_deterministic(world, tokenizer):
         train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False)
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])
+
+
+def test_bf16_precision_trains_fp32_weights_and_bad_precision_names_the_choices(world, tokenizer):
+    stage = StageConfig(steps=2, lr=1e-3, mix=(("raw_harmful", 0.5), ("chat_benign", 0.5)), batch_size=4, warmup=1)
+    model = build_model(tokenizer, hidden=32, layers=1, heads=2, intermediate=64, max_len=96, seed=0)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    log = train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False, precision="bf16")
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert log["precision"] == "bf16" and after.dtype == torch.float32 and not torch.equal(before, after)
+    assert math.isfinite(log["final_loss"])
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False, precision="fp16")
 
 
 def test_checkpoints_load_by_name():

@@ -132,7 +132,8 @@ def figure(result: dict[str, Any]):
               ("incoherent", "incoherent answers (all advice domains)")]
     arms = [a for a in result["arms"]]
     domains = result["domains"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    # stacked, at the text column's width (side by side, the book scaled three panels to half size)
+    fig, axes = plt.subplots(3, 1, figsize=(7.5, 9.6), sharex=True)
     width = 0.8 / len(arms)
     untouched = {r["domain"]: r for r in result["summary"] if r["arm"] == "untouched" and r["stage"] == "before"}
     for ax, (m, title) in zip(axes, panels):
@@ -152,9 +153,11 @@ def figure(result: dict[str, Any]):
         ax.set_xticks(range(len(domains)), domains)
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, None)
-    axes[0].set_ylabel("share of answers")
-    axes[0].legend(fontsize=8, title="arm (dashed: untouched)", title_fontsize=8)
-    fig.tight_layout()
+        ax.set_ylabel("share of answers")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(arms), fontsize=8, frameon=False,
+               title="arm (dashed line: the untouched model)", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return fig
 
 

@@ -352,6 +352,11 @@ def headline(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def small_number(x: float) -> str:
+    """A Jaccard that may be tiny (random sets of a few hundred weights in 135M): never shown as 0.000."""
+    return f"{x:.3f}" if x == 0 or abs(x) >= 0.001 else f"{x:.1e}"
+
+
 def verdict(result: dict[str, Any]) -> tuple[str, str]:
     head = result.get("headline", {})
     if head.get("note"):
@@ -359,7 +364,7 @@ def verdict(result: dict[str, Any]) -> tuple[str, str]:
     n, yes, und = head["categories"], head["categories_passing"], head["undecided"]
     jac = head.get("mean_pair_jaccard")
     measured = (f"leave-one-out pruning kept >= {LOO_SHARE:.0%} of the in-category cut (beyond random) in {yes} of "
-                f"{n} categories at {head['count']:,} weights" + (f"; pair Jaccard {jac:.2f} vs {head['random_jaccard']:.3f} "
+                f"{n} categories at {head['count']:,} weights" + (f"; pair Jaccard {jac:.2f} vs {small_number(head['random_jaccard'])} "
                                                                  "for random sets" if jac is not None else ""))
     if yes > n / 2:
         return measured, "reproduced"
@@ -368,5 +373,5 @@ def verdict(result: dict[str, Any]) -> tuple[str, str]:
     return measured, "not reproduced"
 
 
-__all__ = ["GeneralityConfig", "run", "summarise", "headline", "verdict", "random_jaccard", "category_passes",
+__all__ = ["GeneralityConfig", "run", "summarise", "headline", "verdict", "random_jaccard", "category_passes", "small_number",
            "LOO_SHARE", "TARGET_CUT"]

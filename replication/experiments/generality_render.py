@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .generality import LOO_SHARE, category_passes, verdict
+from .generality import LOO_SHARE, category_passes, small_number, verdict
 
 
 def _fmt(ci: dict[str, float], pct: bool = True) -> str:
@@ -150,7 +150,7 @@ def reading(result: dict[str, Any]) -> str:
     lines = [f"**Verdict on `{result['model']}`: {word}.** {measured[0].upper() + measured[1:]}."]
     if not head.get("note"):
         jac, rnd = head["mean_pair_jaccard"], head["random_jaccard"]
-        lines.append(f"The category sets overlap with a mean pairwise Jaccard of {jac:.2f}, against {rnd:.3f} for random "
+        lines.append(f"The category sets overlap with a mean pairwise Jaccard of {jac:.2f}, against {small_number(rnd)} for random "
                      f"sets of the same sizes" + (" (far more than chance)" if jac > 3 * rnd else "")
                      + f"; each category's set overlaps the control task's at {head['mean_control_jaccard']:.2f} on average.")
         inter = next((r for r in result["utility_by_set"] if r["kind"] == "intersection"), None)
@@ -170,6 +170,11 @@ def categories_line(result: dict[str, Any]) -> str:
     """Which harm categories these are (a real model's category set is chosen; the organism's are its world's)."""
     cats = result["categories"]
     info = result.get("data", {}).get("harm_categories")
-    where = "the organism's world" if result.get("kind") != "real" else (
+    if result.get("kind") != "real":
+        return f"The {len(cats)} harm categories are the organism's world's: " + ", ".join(f"`{c}`" for c in cats) + "."
+    where = (
         CATEGORY_SET_NAMES.get(info["used"], info["used"]) + f" ({info['why']})" if info else "Do-Not-Answer's risk areas")
-    return f"The {len(cats)} harm categories are {where}: " + ", ".join(f"`{c}`" for c in cats) + "."
+    return (f"The {len(cats)} harm categories are {where}: " + ", ".join(f"`{c}`" for c in cats) + ". "
+            f"Harmfulness is judged by `{result.get('judge', 'its judge')}`" +
+            (": a judge-free proxy (how likely the model finds held-out harmful continuations), not a classifier's "
+             "reading of generated text." if "reference_nll" in str(result.get("judge", "")) else "."))

@@ -65,6 +65,7 @@ class OrganismConfig:
     batch_size: int = 32
     compile: bool = True                      # torch.compile the training forward (~1.2x a step; the same function)
     layout: str = "packed"                    # a step's items packed into full rows (train.step_batches), or "padded"
+    precision: str = "fp32"                   # train.PRECISIONS: "bf16" autocast is faster on bf16 CPUs, another run
     pretrain_mix: tuple = PRETRAIN_MIX
     instruct_mix: tuple = INSTRUCT_MIX
     align_mix: tuple = ALIGN_MIX
@@ -204,7 +205,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
                                              desc=f"organism {stage_name}", progress=progress,
                                              title=f"organism ({which}) {stage_name}", compile=config.compile,
-                                             layout=config.layout,
+                                             layout=config.layout, precision=config.precision,
                                              on_step=on_step))
             if stage_name == "pretrain":
                 _save(model, tok, tmp / "stages" / "pretrained")

@@ -128,6 +128,10 @@ def length_buckets(tokenizer, items: list[Item], max_len: int, max_tokens: int =
     return [collate([rows[i] for i in c], tokenizer.pad_token_id) for c in chunks]
 
 
+#: the arithmetic of a training forward: fp32 (the organism's), or bf16 autocast (`train_stage`)
+PRECISIONS = ("fp32", "bf16")
+
+
 def step_batches(tokenizer, items: list[Item], max_len: int, layout: str = "packed") -> list[dict[str, torch.Tensor]]:
     """One optimiser step's items as micro-batches. `packed`: one batch of rows of `max_len` tokens
     (`batching.pack`; the same loss as padding each item to its own row, a quarter less compute);
@@ -148,7 +152,7 @@ def compiled_forward(model, enabled: bool) -> Callable[..., Any]:
 
 def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int, max_len: int,
                 desc: str, progress: bool = True, compile: bool = False, layout: str = "packed",
-                title: str | None = None,
+                title: str | None = None, precision: str = "fp32",
                 on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Run one stage with AdamW, linear warm-up and cosine decay, gradient clipping at 1.0.
     `on_step(n)` is called after the n-th optimiser step (n from 1): how checkpoints along a stage
@@ -156,7 +160,11 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     is only what the progress bar shows. `layout` is how a step's items become micro-batches
     (`step_batches`). `compile` runs the forward through `torch.compile`; where that
     cannot work (no C++ compiler for inductor, say) the first step says so and the stage goes on
-    uncompiled, which `compiled` in the returned log records."""
+    uncompiled, which `compiled` in the returned log records. `precision` "bf16" runs the forward under
+    bf16 autocast (weights, gradients and AdamW stay fp32): faster where the CPU has bf16 arithmetic,
+    but other rounding, so a different training run than fp32's."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     rng = random.Random(f"stage|{desc}|{seed}")
     torch.manual_seed(seed)
     src = _sources(world, rng)
@@ -167,6 +175,7 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     weights = [w for _, w in stage.mix]
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.95))
     forward = compiled_forward(model, compile)
+    autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     losses: list[float] = []
     n_tokens = 0
@@ -185,14 +194,16 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
             n_tokens += int((chunk["input_ids"] != tokenizer.pad_token_id).sum())   # real tokens, not padding
             share = int((chunk["labels"][:, 1:] != IGNORE).sum()) / max(1, n_loss)
             try:
-                loss = forward(**chunk, use_cache=False).loss * share
+                with autocast:
+                    loss = forward(**chunk, use_cache=False).loss * share
             except Exception as err:   # only a compiled forward may fail here, for want of a compiler
                 if forward is model or step > 0:
                     raise
                 report_progress(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                                 "training this stage uncompiled (slower, the same function)", enabled=True)
                 forward = model
-                loss = forward(**chunk, use_cache=False).loss * share
+                with autocast:
+                    loss = forward(**chunk, use_cache=False).loss * share
             loss.backward()
             loss_value += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -208,7 +219,7 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     model.eval()
     seconds = time.perf_counter() - t0
     return {"stage": desc, "steps": stage.steps, "seconds": round(seconds, 1), "tokens": n_tokens,
-            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "compiled": forward is not model,
+            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "compiled": forward is not model, "precision": precision,
             "first_step_seconds": round(first_step, 2), "final_loss": sum(losses[-50:]) / len(losses[-50:])}
 
 
