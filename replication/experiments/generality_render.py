@@ -1,6 +1,7 @@
 """What the generality notebook shows: tables, heatmaps and prose computed from a result."""
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,17 @@ def setup_markdown(result: dict[str, Any]) -> str:
     ])
 
 
+def display_name(category: str) -> str:
+    """A category as tables show it: words, so a long name (Do-Not-Answer's
+    `discrimination_exclusion_toxicity_hateful_offensive`) wraps instead of widening the table."""
+    return category.replace("_", " ")
+
+
+def tick_label(category: str, width: int = 14) -> str:
+    """A category as figure ticks show it: wrapped onto lines of about `width` characters."""
+    return textwrap.fill(display_name(category), width)
+
+
 def transfer_frame(result: dict[str, Any], key: str = "value") -> pd.DataFrame:
     """Rows: the category whose weights are pruned; columns: the category measured."""
     cats = result["categories"]
@@ -59,19 +71,19 @@ def heatmaps(result: dict[str, Any]):
     import seaborn as sns
     # stacked at the text column's width, so the cell annotations stay legible
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(7.5, 12), layout="constrained")
-    t = transfer_frame(result)
+    t = transfer_frame(result).rename(index=tick_label, columns=tick_label)
     sns.heatmap(t, annot=t.map(lambda v: "n/a" if np.isnan(v) else f"{v:.0%}"), fmt="", vmin=-0.2, vmax=1.0, cmap="viridis", ax=a1,
                 cbar_kws={"label": "harm cut (relative drop)"})
     a1.set_title(f"Transfer: prune with one category's weights ({result['count']:,} weights)\n"
                  "n/a: the unpruned model generates no harm on that category")
-    o = overlap_frame(result)
+    o = overlap_frame(result).rename(index=tick_label, columns=tick_label)
     rand = result["headline"]["random_jaccard"]
     sns.heatmap(o, annot=o.map(lambda v: f"{v:.2f}"), fmt="", vmin=0, vmax=1, cmap="magma", ax=a2,
                 cbar_kws={"label": "Jaccard"})
-    a2.set_title(f"Overlap of the pruned sets (random sets of these sizes: {rand:.3f})")
+    a2.set_title(f"Overlap of the pruned sets (random sets of these sizes: {small_number(rand)})")
     for ax in (a1, a2):
-        ax.tick_params(axis="x", rotation=35)
-        ax.tick_params(axis="y", rotation=0)
+        ax.tick_params(axis="x", rotation=0, labelsize=8)
+        ax.tick_params(axis="y", rotation=0, labelsize=8)
         ax.title.set_fontsize(10)
     return fig
 
@@ -88,17 +100,17 @@ def loo_figure(result: dict[str, Any]):
         v = [r[key]["value"] for r in rows]
         err = [[r[key]["value"] - r[key]["lo"] for r in rows], [r[key]["hi"] - r[key]["value"] for r in rows]]
         ax.bar(x + (i - 1) * 0.27, v, 0.27, yerr=err, capsize=3, label=label, color=color)
-    ax.set_xticks(x, [r["category"] for r in rows], rotation=20)
+    ax.set_xticks(x, [tick_label(r["category"]) for r in rows], fontsize=8)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel("harm cut on the category's held-out prompts")
     ax.set_title("Leave-one-out: is a category's harm removed by weights\nfound on the others? (95% intervals)",
                  fontsize=10)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 
 
 def loo_table(result: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame([{"category": r["category"], "cut, itself": _fmt(r["self"]), "cut, all others": _fmt(r["loo"]),
+    return pd.DataFrame([{"category": display_name(r["category"]), "cut, itself": _fmt(r["self"]), "cut, all others": _fmt(r["loo"]),
                           "cut, random": _fmt(r["random"]), "others / itself": _fmt(r["ratio"]),
                           f"passes (>= {LOO_SHARE:.0%}, beyond random)": category_passes(r)}
                          for r in result["leave_one_out"]]).set_index("category")
@@ -109,12 +121,13 @@ def transfer_table(result: dict[str, Any]) -> pd.DataFrame:
     m = pd.DataFrame("", index=cats, columns=cats)
     for cell in result["transfer"]:
         m.loc[cell["prune"], cell["measured"]] = _fmt(cell)
+    m = m.rename(index=display_name, columns=display_name)
     m.index.name, m.columns.name = "pruned with", "measured on"
     return m
 
 
 def overlap_table(result: dict[str, Any]) -> pd.DataFrame:
-    return pd.DataFrame([{"set A": o["a"], "set B": o["b"], "Jaccard (mean over seeds)": round(o["jaccard"], 3),
+    return pd.DataFrame([{"set A": display_name(o["a"]), "set B": display_name(o["b"]), "Jaccard (mean over seeds)": round(o["jaccard"], 3),
                           "sd": round(o["jaccard_sd"], 3), "random sets of the same sizes": round(o["random"], 4)}
                          for o in result["overlap"]])
 
