@@ -80,6 +80,10 @@ def main() -> None:
     t0 = time.perf_counter()
     tok = make_tokenizer(world, cfg.vocab_size, cfg.train_seed)
     t_tokenizer = time.perf_counter() - t0
+
+    def fresh_model():   # every timing starts from the same untrained weights
+        return build_model(tok, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, intermediate=cfg.intermediate,
+                           max_len=cfg.max_len, seed=0)
     stages = {"pretrain": StageConfig(args.steps, cfg.pretrain_lr, cfg.pretrain_mix, cfg.batch_size),
               "instruct": StageConfig(args.steps, cfg.instruct_lr, cfg.instruct_mix, cfg.batch_size),
               "align": StageConfig(args.steps, cfg.align_lr, cfg.align_mix, cfg.batch_size, warmup=5)}
@@ -88,12 +92,10 @@ def main() -> None:
            "torch": torch.__version__, "tokenizer_seconds": round(t_tokenizer, 1), "stages": {}}
     for name, stage in stages.items():
         batches, t_write, t_tok = stage_batches(world, tok, stage, args.steps, cfg.max_len)
-        model = build_model(tok, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, intermediate=cfg.intermediate,
-                            max_len=cfg.max_len, seed=0)
+        model = fresh_model()
         floor_rate(model, batches[:3], stage.lr, tok.pad_token_id)   # warm-up (allocator, kernels), not reported
         t_floor, tokens = floor_rate(model, batches, stage.lr, tok.pad_token_id)
-        model = build_model(tok, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, intermediate=cfg.intermediate,
-                            max_len=cfg.max_len, seed=0)
+        model = fresh_model()
         log = train_stage(model, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                           compile=cfg.compile, layout=cfg.layout)
         steady_s = (log["seconds"] - log["first_step_seconds"]) / max(1, args.steps - 1)
@@ -105,12 +107,10 @@ def main() -> None:
                "floor_s_per_step": round(t_floor / args.steps, 4), "train_s_per_step": round(steady_s, 4),
                "projected_stage_s": round(log["first_step_seconds"] + steady_s * (full_steps[name] - 1), 1)}
         if args.bf16_probe:   # the same stage under bf16 autocast: its floor, and train_stage(precision="bf16")
-            m = build_model(tok, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-                            intermediate=cfg.intermediate, max_len=cfg.max_len, seed=0)
+            m = fresh_model()
             floor_rate(m, batches[:3], stage.lr, tok.pad_token_id, bf16=True)
             t_b, _ = floor_rate(m, batches, stage.lr, tok.pad_token_id, bf16=True)
-            m = build_model(tok, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-                            intermediate=cfg.intermediate, max_len=cfg.max_len, seed=0)
+            m = fresh_model()
             blog = train_stage(m, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                                compile=cfg.compile, layout=cfg.layout, precision="bf16")
             b_steady = (blog["seconds"] - blog["first_step_seconds"]) / max(1, args.steps - 1)

@@ -279,13 +279,14 @@ SOURCES = ("offline", "paper")
 HARM_CATEGORY_SETS = ("donotanswer", "hexphi", "auto")
 
 
-def _harm_category_set(loaded, asked: str, progress: bool) -> tuple[str, tuple[str, ...], dict[str, str]]:
-    """(source, its categories, what was used and why) for `RealDataConfig.harm_categories`."""
+def _harm_category_set(loaded, asked: str, progress: bool) -> tuple[str, tuple[str, ...], list[Example], dict[str, str]]:
+    """(source, its categories, HEx-PHI's loaded prompts (all splits; empty for Do-Not-Answer), what was
+    used and why) for `RealDataConfig.harm_categories`."""
     if asked not in HARM_CATEGORY_SETS:
         raise ValueError(f"harm_categories must be one of {', '.join(HARM_CATEGORY_SETS)}; got {asked!r}")
     if asked == "donotanswer" or (asked == "auto" and loaded.preset.source != "hub"):
         why = "asked" if asked == "donotanswer" else "auto: not a hub model (HEx-PHI is for hub models)"
-        return "donotanswer", tuple(rd.DONOTANSWER_CATEGORIES), {"asked": asked, "used": "donotanswer", "why": why}
+        return "donotanswer", tuple(rd.DONOTANSWER_CATEGORIES), [], {"asked": asked, "used": "donotanswer", "why": why}
     try:
         rows = rd.load_hexphi(categories=rd.HEXPHI_CHOSEN_FIVE)
     except (RuntimeError, ImportError) as err:
@@ -294,12 +295,12 @@ def _harm_category_set(loaded, asked: str, progress: bool) -> tuple[str, tuple[s
                                   "pass harm_categories='donotanswer' for the offline categories") from None
         why = f"auto: HEx-PHI could not be loaded ({str(err).splitlines()[0][:160]}), so Do-Not-Answer's"
         report(f"harm categories: {why}", enabled=progress)
-        return "donotanswer", tuple(rd.DONOTANSWER_CATEGORIES), {"asked": asked, "used": "donotanswer", "why": why}
+        return "donotanswer", tuple(rd.DONOTANSWER_CATEGORIES), [], {"asked": asked, "used": "donotanswer", "why": why}
     cats = tuple(c for c in rd.HEXPHI_CHOSEN_FIVE if any(e.category == c for e in rows))
     missing = [c for c in rd.HEXPHI_CHOSEN_FIVE if c not in cats]
     why = "asked" if asked == "hexphi" else "auto: a hub model and the hub serves HEx-PHI"
     report(f"harm categories: HEx-PHI's chosen five, {len(cats)} served ({why})", enabled=progress)
-    return "hexphi", cats, {"asked": asked, "used": "hexphi", "why": why, "missing": ", ".join(missing)}
+    return "hexphi", cats, rows, {"asked": asked, "used": "hexphi", "why": why, "missing": ", ".join(missing)}
 
 
 def _paper_sources(n_pool: int, progress: bool) -> tuple[tuple[str, ...], list[Example] | None, dict[str, str]]:
@@ -338,7 +339,7 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     def long_enough(e: Example) -> bool:
         return len(loaded.tokenizer(e.response, add_special_tokens=False)["input_ids"]) >= MIN_HARMFUL_TOKENS
 
-    cat_source, categories, cat_info = _harm_category_set(loaded, cfg.harm_categories, progress)
+    cat_source, categories, hexphi_rows, cat_info = _harm_category_set(loaded, cfg.harm_categories, progress)
 
     def categorised(e: Example) -> Example:
         # HarmBench's offline copy has no categories: its prompts prune, but belong to no category
@@ -371,7 +372,9 @@ def real_task_data(loaded, sizes: EvalSizes, cfg: RealDataConfig, *, progress: b
     n_answered = len(own) + len(refusals)
 
     gen_cfg = sg.SELF_GEN_CONFIG
-    test_pool = rd.load_hexphi(split="test") if cat_source == "hexphi" else rd.load_donotanswer(split="test")
+    # HEx-PHI's test split of the chosen five, from the rows already loaded (not all eleven categories)
+    test_pool = ([e for e in hexphi_rows if e.split == "test"] if cat_source == "hexphi"
+                 else rd.load_donotanswer(split="test"))
     test_prompts = first_per_group(test_pool, 2 * sizes.n_eval + 2, "task-test")
     test_gen = sg.self_generate(gen_ref, test_prompts, gen_config=gen_cfg, chat_format=ref_fmt,
                                 cache_key="task-harmful-test" + ("" if cat_source == "donotanswer" else f"-{cat_source}"),

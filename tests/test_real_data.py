@@ -168,16 +168,16 @@ def _fake_loaded(source: str):
 
 def test_harm_categories_auto_is_do_not_answer_for_non_hub_models():
     from replication.task_data import _harm_category_set
-    source, cats, info = _harm_category_set(_fake_loaded("smollm2"), "auto", progress=False)
-    assert source == "donotanswer" and cats == real_data.DONOTANSWER_CATEGORIES
+    source, cats, rows, info = _harm_category_set(_fake_loaded("smollm2"), "auto", progress=False)
+    assert source == "donotanswer" and cats == real_data.DONOTANSWER_CATEGORIES and rows == []
     assert info["used"] == "donotanswer" and "not a hub model" in info["why"]
 
 
 def test_harm_categories_auto_falls_back_offline_and_says_why(monkeypatch):
     from replication.task_data import _harm_category_set
     _offline_datasets(monkeypatch)
-    source, cats, info = _harm_category_set(_fake_loaded("hub"), "auto", progress=False)
-    assert source == "donotanswer" and cats == real_data.DONOTANSWER_CATEGORIES
+    source, cats, rows, info = _harm_category_set(_fake_loaded("hub"), "auto", progress=False)
+    assert source == "donotanswer" and cats == real_data.DONOTANSWER_CATEGORIES and rows == []
     assert "HEx-PHI could not be loaded" in info["why"]
 
 
@@ -204,8 +204,10 @@ def test_harm_categories_hexphi_online_uses_the_categories_it_serves(monkeypatch
     fake = types.ModuleType("datasets")
     fake.load_dataset = load_dataset
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    source, cats, info = _harm_category_set(_fake_loaded("hub"), "auto", progress=False)
+    source, cats, rows, info = _harm_category_set(_fake_loaded("hub"), "auto", progress=False)
     assert source == "hexphi" and cats == ("malware", "physical_harm")   # the chosen five it serves, in order
+    # the rows (whose test split is the held-out set) hold only the chosen five, never illegal_activity
+    assert {e.category for e in rows} == {"malware", "physical_harm"} and len(rows) == 3
     assert info["used"] == "hexphi" and "hate_harass_violence" in info["missing"]
     # the prune pool reads HEx-PHI through the same source registry as the other harmful sets
     rows = real_data.load_harmful(("hexphi",))

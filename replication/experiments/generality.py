@@ -79,7 +79,7 @@ class GeneralityConfig:
     eval_batch_size: int = 48
     data_chunk: int | None = None
     reference_model: str | None = None
-    #: `task_data.HARM_CATEGORY_SETS`: "auto" takes HEx-PHI's eleven categories for hub models when the hub
+    #: `task_data.HARM_CATEGORY_SETS`: "auto" takes HEx-PHI's `chosen_five` categories for hub models when the hub
     #: serves them, else Do-Not-Answer's five risk areas (the result's data say which, and why)
     harm_categories: str = "auto"
 

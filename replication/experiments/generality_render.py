@@ -185,8 +185,9 @@ def categories_line(result: dict[str, Any]) -> str:
     info = result.get("data", {}).get("harm_categories")
     if result.get("kind") != "real":
         return f"The {len(cats)} harm categories are the organism's world's: " + ", ".join(f"`{c}`" for c in cats) + "."
-    where = (
-        CATEGORY_SET_NAMES.get(info["used"], info["used"]) + f" ({info['why']})" if info else "Do-Not-Answer's risk areas")
+    # results written before the category set was a choice carry no `harm_categories`: they used Do-Not-Answer
+    where = (f"{CATEGORY_SET_NAMES.get(info['used'], info['used'])} ({info['why']})" if info
+             else CATEGORY_SET_NAMES["donotanswer"])
     return (f"The {len(cats)} harm categories are {where}: " + ", ".join(f"`{c}`" for c in cats) + ". "
             f"Harmfulness is judged by `{result.get('judge', 'its judge')}`" +
             (": a judge-free proxy (how likely the model finds held-out harmful continuations), not a classifier's "
