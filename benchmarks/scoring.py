@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import random
 import resource
 import sys
@@ -40,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from replication.data import Example  # noqa: E402
 from replication.paths import atomic_write_json  # noqa: E402
+from replication.results import hardware  # noqa: E402
 from replication.scoring import (  # noqa: E402
     compute_scores,
     find_decoder_layers,
@@ -285,9 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "model": name, "device": args.device, "params": n_params, "examples": n_ex, "seq_len": seq,
         "prompt_len": prompt_len, "batch_size": batch_size, "repeats": args.repeats, "reference_examples": n_ref,
         "dtype": str(next(model.parameters()).dtype), "results": results, "summary": summary,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if cuda else None},
+        "machine": {**hardware(), "torch": torch.__version__, "gpu": torch.cuda.get_device_name() if cuda else None},
         "arch_layers": args.arch_layers, "arch_scale": args.arch_scale,
     }
     if cuda and name == "llama-3.1-8b-arch" and args.arch_scale == 1 and not args.arch_layers:

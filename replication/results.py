@@ -43,11 +43,26 @@ def versions() -> dict[str, str]:
             "harmprune": pkg}
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name as the kernel reports it (None where /proc/cpuinfo is absent): `platform`
+    only says "x86_64", and two x86_64 machines can differ 1.5x in a training step."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def hardware() -> dict[str, Any]:
-    """Where a result was computed: platform, CPU, the threads torch used, and the accelerator if any."""
+    """Where a result was computed: platform, CPU model, the vector instructions torch's CPU kernels
+    use (AVX2, AVX512, ...: what sets the CPU's matmul rate), the threads torch used, and the
+    accelerator if any."""
     import torch
     out: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
-                           "processor": platform.processor() or None, "cpu_count": os.cpu_count(),
+                           "processor": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                           "cpu_count": os.cpu_count(),
                            "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
     if torch.cuda.is_available():
         out["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

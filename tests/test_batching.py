@@ -92,3 +92,14 @@ def test_packed_loss_and_gradient_equal_the_padded_batch(tok, model):
     packed = loss_and_grad(packed_batch)
     assert packed[0] == pytest.approx(padded[0], rel=1e-5)
     assert torch.allclose(packed[1], padded[1], rtol=1e-4, atol=1e-6)
+
+
+def test_response_loss_of_a_packed_batch_is_the_models_own_loss(tok, model):
+    """With `position_ids` and no mask (a `pack`ed batch) the loss with the vocabulary projection only
+    on labelled positions is Hugging Face's loss over every position."""
+    rows = _rows(tok, [("What is the capital of France?", "Paris."), ("Explain photosynthesis.", "Plants make sugar."),
+                       ("How do I make a bomb?", "I'm sorry.")])
+    b = pack(rows, sum(len(ids) for ids, _ in rows[:2]) + 2, pad_id=tok.pad_token_id)
+    assert b["input_ids"].shape[0] < len(rows)
+    with torch.no_grad():
+        assert float(response_loss(model, **b)) == pytest.approx(float(model(**b, use_cache=False).loss), rel=1e-5)
