@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 from replication.organism import OrganismConfig, get_world  # noqa: E402
 from replication.organism.train import (StageConfig, _sources, build_model, make_tokenizer, step_batches,  # noqa: E402
                                         train_stage)
-from replication.batching import response_loss  # noqa: E402
+from replication.batching import IGNORE, response_loss  # noqa: E402
 from replication.paths import atomic_write_json  # noqa: E402
 from replication.results import hardware  # noqa: E402
 
@@ -82,13 +82,17 @@ def floor_rate(model, batches, lr: float, pad_id: int, bf16: bool = False, head_
     return time.perf_counter() - t0, tokens
 
 
+def warm_floor(model, batches, lr: float, pad_id: int, **variant) -> tuple[float, int]:
+    """`floor_rate` after three untimed warm-up steps (allocator, kernels); `variant` as `floor_rate`'s."""
+    floor_rate(model, batches[:3], lr, pad_id, **variant)
+    return floor_rate(model, batches, lr, pad_id, **variant)
+
+
 def _one_thread_floor(args) -> float:
     """A worker of the jobs probe: the floor's seconds for `batches` on one thread, fresh weights."""
     tok, sizes, batches, lr = args
     torch.set_num_threads(1)
-    model = build_model(tok, **sizes, seed=0)
-    floor_rate(model, batches[:3], lr, tok.pad_token_id)
-    return floor_rate(model, batches, lr, tok.pad_token_id)[0]
+    return warm_floor(build_model(tok, **sizes, seed=0), batches, lr, tok.pad_token_id)[0]
 
 
 def jobs_probe(tok, sizes: dict, batches, lr: float, two_thread_s: float) -> dict:
@@ -136,9 +140,7 @@ def main() -> None:
            "torch": torch.__version__, "tokenizer_seconds": round(t_tokenizer, 1), "stages": {}}
     for name, stage in stages.items():
         batches, t_write, t_tok = stage_batches(world, tok, stage, args.steps, cfg.max_len)
-        model = fresh_model()
-        floor_rate(model, batches[:3], stage.lr, tok.pad_token_id)   # warm-up (allocator, kernels), not reported
-        t_floor, tokens = floor_rate(model, batches, stage.lr, tok.pad_token_id)
+        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id)
         model = fresh_model()
         log = train_stage(model, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                           compile=cfg.compile, layout=cfg.layout)
@@ -152,10 +154,8 @@ def main() -> None:
                "projected_stage_s": round(log["first_step_seconds"] + steady_s * (full_steps[name] - 1), 1),
                "floor_projected_stage_s": round(t_floor / args.steps * full_steps[name], 1)}
         if args.head_probe:   # the same floor, the vocabulary projection only where a label is
-            m = fresh_model()
-            floor_rate(m, batches[:3], stage.lr, tok.pad_token_id, head_on_labels=True)
-            t_h, _ = floor_rate(m, batches, stage.lr, tok.pad_token_id, head_on_labels=True)
-            unlabelled = sum(int((b["labels"][:, 1:] == -100).sum()) for b in batches) / sum(b["labels"][:, 1:].numel() for b in batches)
+            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, head_on_labels=True)
+            unlabelled = sum(int((b["labels"][:, 1:] == IGNORE).sum()) for b in batches) / sum(b["labels"][:, 1:].numel() for b in batches)
             row.update({"unlabelled_share": round(unlabelled, 3), "head_on_labels_floor_s_per_step": round(t_h / args.steps, 4),
                         "head_on_labels_speedup_over_floor": round(t_floor / t_h, 3)})
             print(f"{'':9s} head on labelled positions only ({unlabelled:.0%} unlabelled): floor "
@@ -166,9 +166,7 @@ def main() -> None:
                   f"{out['jobs_probe']['sequential_two_thread_s']:.0f} s one after the other at 2 threads "
                   f"({out['jobs_probe']['speedup']:.2f}x)", flush=True)
         if args.bf16_probe:   # the same stage under bf16 autocast: its floor, and train_stage(precision="bf16")
-            m = fresh_model()
-            floor_rate(m, batches[:3], stage.lr, tok.pad_token_id, bf16=True)
-            t_b, _ = floor_rate(m, batches, stage.lr, tok.pad_token_id, bf16=True)
+            t_b, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, bf16=True)
             m = fresh_model()
             blog = train_stage(m, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                                compile=cfg.compile, layout=cfg.layout, precision="bf16")

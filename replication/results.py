@@ -44,8 +44,8 @@ def versions() -> dict[str, str]:
 
 
 def cpu_model() -> str | None:
-    """The CPU's model name as the kernel reports it (None where /proc/cpuinfo is absent): `platform`
-    only says "x86_64", and two x86_64 machines can differ 1.5x in a training step."""
+    """The CPU's model name as /proc/cpuinfo reports it, else `platform.processor()` (None if empty):
+    `platform` alone often says only "x86_64", and two x86_64 machines can differ 1.5x in a training step."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
