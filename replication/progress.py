@@ -14,7 +14,9 @@ fine-tuning, scoring, generation). It does two independent things:
 `report(message)` appends a one-off status line (and prints it when `enabled`).
 
 Record fields: `kind` ("start" | "update" | "end" | "message"), `id` (unique per bar), `desc`,
-`n`, `total` (or null), `unit`, `elapsed` (s), `rate` (units/s, or null), `postfix` (str or null),
+`n`, `total` (or null), `unit`, `elapsed` (s), `rate` (units/s, or null: counted from the end of the first
+unit once there are two, since the first carries the warm-up, a `torch.compile` or a cache fill, that the
+rest do not), `postfix` (str or null),
 `message` (message records only), `time` (epoch s).
 """
 from __future__ import annotations
@@ -93,6 +95,7 @@ class ProgressBar:
         self._tqdm = tqdm(total=total, desc=desc, unit=unit, disable=not enabled or bool(self._path), **tqdm_kwargs)
         self._id = f"{os.getpid()}-{next(_ids)}"
         self._t0 = time.monotonic()
+        self._first_done: tuple[float, float] | None = None   # (n, time) when the first unit completed
         self._last_record = self._t0
         self._closed = False
         self._record("start")
@@ -101,11 +104,21 @@ class ProgressBar:
     def _record(self, kind: str) -> None:
         if not self._path:
             return
-        elapsed = time.monotonic() - self._t0
+        now = time.monotonic()
+        elapsed = now - self._t0
         _append({"kind": kind, "id": self._id, "desc": self.desc, "n": self.n, "total": self.total,
-                 "unit": self.unit, "elapsed": round(elapsed, 3),
-                 "rate": round(self.n / elapsed, 4) if elapsed > 0 and self.n else None,
+                 "unit": self.unit, "elapsed": round(elapsed, 3), "rate": self._rate(now),
                  "postfix": self.postfix, "pid": os.getpid(), "time": time.time()}, self._path)
+
+    def _rate(self, now: float) -> float | None:
+        """Units per second after the first unit (whose warm-up would skew the estimate for a long
+        while: an 87-s compile before 0.4-s steps read as "eta 36h"), or over all of them while only
+        the first is done."""
+        if self._first_done is not None and self.n > self._first_done[0] and now > self._first_done[1]:
+            n0, t0 = self._first_done
+            return round((self.n - n0) / (now - t0), 4)
+        elapsed = now - self._t0
+        return round(self.n / elapsed, 4) if elapsed > 0 and self.n else None
 
     def _maybe_record(self) -> None:
         if self._path:
@@ -117,6 +130,8 @@ class ProgressBar:
     # -- the tqdm-like interface -------------------------------------------------------------
     def update(self, n: float = 1) -> None:
         self.n += n
+        if self._first_done is None:
+            self._first_done = (self.n, time.monotonic())
         self._tqdm.update(n)
         self._maybe_record()
 

@@ -68,6 +68,23 @@ def test_update_records_are_throttled(tmp_path, monkeypatch):
     assert recs[-1]["rate"] == pytest.approx(10.0, rel=0.05)
 
 
+def test_rate_leaves_out_the_first_units_warm_up(tmp_path, monkeypatch):
+    """A compiled stage's first step (compiling, 87 s) must not make the estimate of 0.4-s steps read hours."""
+    path = tmp_path / "p.jsonl"
+    monkeypatch.setenv(ENV_VAR, str(path))
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = progress_bar(total=1500, desc="organism pretrain", enabled=False, unit="steps")
+    clock[0] += 87.0
+    bar.update(1)
+    for _ in range(20):
+        clock[0] += 0.4
+        bar.update(1)
+    bar.close()
+    end = _records(path)[-1]
+    assert end["rate"] == pytest.approx(2.5, rel=1e-3) and end["elapsed"] == pytest.approx(95.0)
+
+
 def test_status_lines_read_well():
     rec = {"kind": "update", "desc": "organism pretrain", "n": 1200, "total": 3000, "unit": "steps",
            "elapsed": 300.0, "rate": 4.0, "postfix": "loss=2.345"}
