@@ -17,6 +17,7 @@ Record fields: `kind` ("start" | "update" | "end" | "message"), `id` (unique per
 `n`, `total` (or null), `unit`, `elapsed` (s), `rate` (units/s, or null: counted from the end of the first
 unit once there are two, since the first carries the warm-up, a `torch.compile` or a cache fill, that the
 rest do not), `postfix` (str or null),
+`first_unit` (true while the rate is the first unit's alone: no estimate is shown from it),
 `message` (message records only), `time` (epoch s).
 """
 from __future__ import annotations
@@ -108,6 +109,7 @@ class ProgressBar:
         elapsed = now - self._t0
         _append({"kind": kind, "id": self._id, "desc": self.desc, "n": self.n, "total": self.total,
                  "unit": self.unit, "elapsed": round(elapsed, 3), "rate": self._rate(now),
+                 "first_unit": self._first_done is not None and self.n <= self._first_done[0],
                  "postfix": self.postfix, "pid": os.getpid(), "time": time.time()}, self._path)
 
     def _rate(self, now: float) -> float | None:
@@ -212,9 +214,11 @@ def format_record(rec: dict[str, Any], indent: str = "      ") -> str:
     if rec.get("kind") == "end":
         parts.append(f"done in {_duration(rec.get('elapsed') or 0)}")
     else:
-        if rate:
+        if rate and rec.get("first_unit") and total and total > n:   # warm-up included: no estimate yet
+            parts.append(f"first {singular(unit)} took {_duration(rec.get('elapsed') or 0)} (warm-up included; estimate from the next)")
+        elif rate:
             parts.append(f"{rate:.1f} {unit}/s" if rate >= 1 else f"{1 / rate:.1f} s per {singular(unit)}")
-        if rate and total and total > n:
+        if rate and total and total > n and not rec.get("first_unit"):
             parts.append(f"eta {_duration((total - n) / rate)}")
         elif rec.get("kind") == "start":
             parts.append("started")

@@ -77,11 +77,16 @@ def test_rate_leaves_out_the_first_units_warm_up(tmp_path, monkeypatch):
     bar = progress_bar(total=1500, desc="organism pretrain", enabled=False, unit="steps")
     clock[0] += 87.0
     bar.update(1)
+    bar._record("update")
+    first = _records(path)[-1]
+    assert first["first_unit"] and "eta" not in progress.format_record(first)
+    assert "first step took 1m27s (warm-up included" in progress.format_record(first)
     for _ in range(20):
         clock[0] += 0.4
         bar.update(1)
     bar.close()
     end = _records(path)[-1]
+    assert not end["first_unit"]
     assert end["rate"] == pytest.approx(2.5, rel=1e-3) and end["elapsed"] == pytest.approx(95.0)
 
 
