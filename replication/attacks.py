@@ -112,7 +112,7 @@ def refusal_ablation(model, tokenizer, refusal_examples: Sequence, benign_exampl
     `refusal_examples` are harmful requests answered with refusals (the model's own, ideally),
     scored as prune data (`prompt\\n` + refusal); `benign_examples` the preserve set (`prompt` +
     `\\nresponse`), as the authors' `pruning_attack` does. `nsamples` of each (all, in order, when
-    there are fewer). Returns a `pruning.Mask` (not applied).
+    there are fewer). Returns a `mask.Mask` (not applied).
     """
     if not refusal_examples or not benign_examples:
         raise ValueError("refusal ablation needs refusal examples (harmful requests answered with refusals) and benign "
@@ -128,7 +128,7 @@ def refusal_ablation(model, tokenizer, refusal_examples: Sequence, benign_exampl
 def mask_applied(mask, model) -> Iterator[None]:
     """Apply `mask` to `model` for the block and restore the weights afterwards, even on error.
 
-    Works with `pruning.Mask` (`apply(model)` returns a handle whose `restore()` undoes it) and
+    Works with `mask.Mask` (`apply(model)` returns a handle whose `restore()` undoes it) and
     with any mask that offers `applied(model)` (a context manager) or `apply(model)` and
     `restore(model[, handle])` (`handle` being what `apply` returned).
     """

@@ -118,11 +118,11 @@ def em_study(model, tokenizer, world: World, *, domain: str, seeds: Sequence[int
     Defaults are the gentle fine-tune of organism-notes.md (full, 60 steps, batch 16, lr 1e-4): a
     strong one makes the model answer everything with the fine-tuned template instead.
 
-    `prune_before` (a `pruning.Mask`) zeroes those weights in each copy before it is fine-tuned (the
+    `prune_before` (a `mask.Mask`) zeroes those weights in each copy before it is fine-tuned (the
     paper's mitigation: prune the harm weights, then fine-tune the pruned model; fine-tuning may move
     them again). `before` should then be the pruned model's own rates."""
     from .finetune import finetune
-    from .pruning import applied
+    from .mask import applied
     if domain not in world.em_domains:
         raise ValueError(f"domain {domain!r} is not a narrow EM domain; use one of {', '.join(world.em_domains)}")
     train = world.examples("em_misaligned", "train", domain)[:n_train]

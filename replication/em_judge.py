@@ -251,7 +251,7 @@ def _run_real_online(cfg, *, loaded=None, write: bool = True, progress: bool = T
     from .finetune import finetune
     from .generation import GenerationConfig, generate
     from .models import load_model
-    from .pruning import applied
+    from .mask import applied
     from .results import write_result
     from .self_generated import benign_preserve_set, is_refusal
     from .sweep import Sweep

@@ -26,7 +26,7 @@ from .data import Example
 from .progress import progress_bar
 
 if TYPE_CHECKING:
-    from .pruning import Mask
+    from .mask import Mask
 
 METHODS = ("full", "lora")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -43,7 +43,7 @@ from .data import Example
 from .generation import GenerationConfig, generate, render_prompt
 from .judges import (KeywordOverRefusalJudge, KeywordRefusalJudge, OrganismHarmJudge, get_judge, is_keyword_overrefusal,
                      is_keyword_refusal, qa_correct, sequence_nll)
-from .pruning import applied
+from .mask import applied
 from .scoring import nll_by_position
 from .task_data import MissingTaskData, TaskData
 

@@ -105,7 +105,7 @@ def masks_dir(model: str, finding: str) -> Path:
 
 
 def write_result(result: dict[str, Any], *, masks: Mapping[str, Any] | None = None, write: bool = True) -> dict[str, Any]:
-    """Stamp versions and time, save `masks` (name -> `pruning.Mask`) beside the results file, and
+    """Stamp versions and time, save `masks` (name -> `mask.Mask`) beside the results file, and
     write it atomically. Returns the result with `masks` mapping each name to its path (relative to
     `results/<model>/`). `write=False` only stamps (tests, dry runs)."""
     result = dict(result)

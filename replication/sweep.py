@@ -14,7 +14,8 @@ from typing import Any, Iterator, Sequence
 
 from .data import Example
 from .measure import Evaluator, State
-from .pruning import Mask, applied, matched_count_mask, select_weights
+from .mask import Mask, applied
+from .pruning import matched_count_mask, select_weights
 from .score_cache import cached_scores
 from .scoring import Scores, weights_digest
 

@@ -37,7 +37,8 @@ from typing import Any, Iterator
 from .models import LoadedModel, load_model, resolve_preset
 from .paths import atomic_write_json
 from .progress import report
-from .pruning import Mask, PruneConfig, btap_scores, model_layout, select_btap
+from .mask import Mask, model_layout
+from .pruning import PruneConfig, btap_scores, select_btap
 from .score_cache import load_scores, save_scores
 from .user_data import ToolError, UserDataError, check_tokenizes, data_summary, read_examples
 

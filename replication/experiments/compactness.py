@@ -39,7 +39,8 @@ from .. import stats
 from ..measure import EvalConfig, Evaluator, State, response_determinism
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..models import LoadedModel, UnknownModelError, load_model, resolve_preset
-from ..pruning import Mask, wei_set_difference
+from ..mask import Mask
+from ..pruning import wei_set_difference
 from ..results import write_result
 from ..scales import apply_overrides, PAPER_CALIBRATION, PAPER_MIN_EVAL, check_scale, per_group
 from ..sweep import Sweep

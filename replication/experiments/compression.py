@@ -44,13 +44,14 @@ import torch
 from ..device import placement_of
 from ..scales import apply_overrides
 from .. import stats
-from ..measure import EvalConfig, Evaluator, State
+from ..measure import EvalConfig, Evaluator
 from ..models import LoadedModel, load_model, resolve_preset
-from ..pruning import Mask, overlap, top_sets
+from ..mask import Mask
+from ..pruning import overlap, top_sets
 from ..results import write_result
 from ..sweep import Sweep
 from ..task_data import TaskData, task_data
-from .compactness import (MIN_BASELINE_HARM, MIN_BASELINE_HARM_BY_JUDGE, CompactnessConfig, _source, default_qs,
+from .compactness import (MIN_BASELINE_HARM, MIN_BASELINE_HARM_BY_JUDGE, CompactnessConfig, default_qs,
                           utility_metrics)
 
 TARGETS = (0.5, 0.8)        # reading 2: the harm cuts whose weight counts are compared

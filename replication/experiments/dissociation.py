@@ -41,7 +41,8 @@ from .. import stats
 from ..measure import EvalConfig, Evaluator
 from ..models import LoadedModel, load_model
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
-from ..pruning import Mask, jaccard
+from ..mask import Mask
+from ..pruning import jaccard
 from ..results import write_result
 from ..scales import PAPER_CALIBRATION, apply_overrides, check_scale
 from ..sweep import Sweep

@@ -52,13 +52,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import torch
 
 from ..device import placement_of
 from ..scales import apply_overrides
@@ -70,7 +68,7 @@ from ..measure import EvalConfig, Evaluator
 from ..models import LoadedModel
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
 from ..organism.judge import OrganismJudge
-from ..pruning import Mask, applied
+from ..mask import Mask, applied
 from ..results import write_result
 from ..sweep import Sweep
 from ..task_data import EvalSizes, TaskData, world_task_data

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..tables import interval_text
-from .emergent_misalignment import (MAX_INCOHERENCE_RISE, MAX_UTILITY_DROP, MEASURES, classify,
+from .emergent_misalignment import (MAX_INCOHERENCE_RISE, MAX_UTILITY_DROP, classify,
                                     verdict)
 
 LABELS = {"in_domain": "in-domain", "other_narrow": "other narrow", "open_ended": "open-ended",

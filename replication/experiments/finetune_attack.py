@@ -27,7 +27,7 @@ from .. import stats
 from ..data import Example
 from ..finetune import finetune, weight_movement
 from ..measure import Evaluator
-from ..pruning import Mask, applied
+from ..mask import Mask, applied
 from ..sweep import Sweep
 from ..task_data import TaskData
 

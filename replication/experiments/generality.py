@@ -39,7 +39,8 @@ from .. import stats
 from ..measure import EvalConfig, Evaluator
 from ..models import LoadedModel, load_model
 from ..organism import MAX_NEW_TOKENS as ORGANISM_MAX_NEW_TOKENS
-from ..pruning import Mask, intersection_of
+from ..mask import Mask
+from ..pruning import intersection_of
 from ..results import write_result
 from ..scoring import Scores
 from ..sweep import Sweep

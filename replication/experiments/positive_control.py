@@ -38,7 +38,7 @@ from ..batching import collate
 from ..data import Example
 from ..models import LoadedModel, load_model
 from ..progress import progress_bar
-from ..pruning import Mask
+from ..mask import Mask
 from ..pruning import overlap as pruning_overlap
 from ..results import write_result
 from ..scoring import decoder_linears, tokenize_example
