@@ -133,7 +133,7 @@ class Mask:
             raise MaskMismatchError(
                 f"this mask was made for a model with fingerprint {self.fingerprint}, but this model's is {fp} "
                 f"(a different architecture, vocabulary or embedding/norm weights): load the model the mask was "
-                f"made for (mask meta: {_short_meta(self.meta)}) or recompute the mask on this model")
+                f"made for (mask meta: {short_meta(self.meta)}) or recompute the mask on this model")
         linears = decoder_linears(model)
         missing = [k for k in self.indices if k not in linears]
         if missing:
@@ -264,7 +264,7 @@ class Mask:
             k, n = int(mask.indices[name].numel()), _numel(mask.shapes[name])
             g = torch.Generator().manual_seed(_seed_for(seed, name))
             indices[name] = _sample_without_replacement(n, k, g)
-        meta = {"method": "random", "seed": seed, "like": _short_meta(mask.meta), "like_digest": mask.digest()}
+        meta = {"method": "random", "seed": seed, "like": short_meta(mask.meta), "like_digest": mask.digest()}
         return cls(indices, mask.shapes, mask.fingerprint, meta,
                    probe=mask.probe if mask.probe is not None else weight_probe(modules))
 
@@ -336,7 +336,8 @@ def _sample_without_replacement(n: int, k: int, g: torch.Generator) -> torch.Ten
     return chosen.sort().values
 
 
-def _short_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+def short_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that tell one mask from another, for error messages and the meta of derived masks."""
     return {k: meta[k] for k in ("method", "p", "q", "scope", "score", "model") if k in meta}
 
 

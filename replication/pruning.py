@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 from .data import Example
-from .mask import AppliedMask, Mask, MaskMismatchError, _short_meta, applied, model_layout
+from .mask import AppliedMask, Mask, MaskMismatchError, short_meta, applied, model_layout
 from .scoring import FORMATS, Scores, compute_scores, find_decoder_layers, tokenize_examples
 
 SCOPES = ("per_matrix", "global")
@@ -394,7 +394,7 @@ def intersection_of(masks: Sequence[Mask]) -> Mask:
         for s in sets[1:]:
             cur = cur[torch.isin(cur, s, assume_unique=True)]
         indices[k] = cur
-    meta = {"method": "intersection", "of": [_short_meta(m.meta) for m in masks],
+    meta = {"method": "intersection", "of": [short_meta(m.meta) for m in masks],
             "of_digests": [m.digest() for m in masks], "count": sum(int(v.numel()) for v in indices.values())}
     return Mask(indices, shapes, masks[0].fingerprint, meta, probe=masks[0].probe)
 
