@@ -5,6 +5,7 @@ forward + backward + AdamW step of the same model on the same batch shapes.
     .venv/bin/python benchmarks/organism_training.py --steps 100 --threads 2
     .venv/bin/python benchmarks/organism_training.py --threads 2 --bf16-probe   # what bf16 autocast would give
     .venv/bin/python benchmarks/organism_training.py --threads 2 --head-probe --jobs-probe
+    .venv/bin/python benchmarks/organism_training.py --threads 2 --layout-probe   # bucketed against packed rows
 
 Per stage it times (1) writing and tokenising the batches (`train._sources` + `train.step_batches`,
 which packs each step's items into full rows) on their own, (2) the floor: the same packed batches
@@ -28,7 +29,9 @@ Probes of what the recipe could still give (each measured, none adopted by the o
 `--bf16-probe` times bf16 autocast; `--head-probe` the floor with the vocabulary projection only on
 labelled positions (`batching.response_loss`: the same loss, less work where prompts are unlabelled);
 `--jobs-probe` two 1-thread pretraining floors side by side against one 2-thread floor (what
-training two organisms at once would give on two cores).
+training two organisms at once would give on two cores); `--layout-probe` the floor on the same items
+packed into full 192-token rows (`batching.pack`, the layout before `bucketing`), whose attention
+computes every row's whole block-diagonal mask.
 
 Results go to `benchmarks/results/organism-training-<threads>t-<cpu capability>.json`, with the CPU
 model and vector ISA (`results.hardware`): the same recipe's step cost differs ~1.4x between an
@@ -51,15 +54,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from replication.organism import OrganismConfig, get_world  # noqa: E402
-from replication.organism.train import (StageConfig, _sources, build_model, make_tokenizer, step_batches,  # noqa: E402
-                                        train_stage)
+from replication.organism.train import (StageConfig, _sources, build_model, layout_attention, make_tokenizer,  # noqa: E402
+                                        step_batches, train_stage)
 from replication.batching import IGNORE, response_loss  # noqa: E402
 from replication.paths import atomic_write_json  # noqa: E402
 from replication.results import hardware  # noqa: E402
 
 
-def stage_batches(world, tok, stage: StageConfig, steps: int, max_len: int, seed: int = 0):
-    """The micro-batches `steps` steps of a stage would train on, and the seconds spent writing them."""
+def stage_batches(world, tok, stage: StageConfig, steps: int, max_len: int, layout: str, seed: int = 0):
+    """The batches `steps` steps of a stage would train on in `layout` (one per step), and the seconds
+    spent writing and laying them out."""
     rng = random.Random(f"bench|{seed}")
     src = _sources(world, rng)
     names, weights = [s for s, _ in stage.mix], [w for _, w in stage.mix]
@@ -67,15 +71,22 @@ def stage_batches(world, tok, stage: StageConfig, steps: int, max_len: int, seed
     items = [[src[s]() for s in rng.choices(names, weights, k=stage.batch_size)] for _ in range(steps)]
     t_write = time.perf_counter() - t0
     t0 = time.perf_counter()
-    batches = [step_batches(tok, it, max_len)[0] for it in items]   # packed: one batch per step
+    batches = [step_batches(tok, it, max_len, layout)[0] for it in items]   # packed / bucketed: one batch per step
     t_tok = time.perf_counter() - t0
     return batches, t_write, t_tok
 
 
-def floor_rate(model, batches, lr: float, pad_id: int, bf16: bool = False, head_on_labels: bool = False) -> tuple[float, int]:
-    """Seconds and tokens for plain forward/backward/clip/AdamW steps over prepared micro-batches
-    (`bf16`: the forward under bf16 autocast, fp32 weights and optimiser: what lower precision would give;
-    `head_on_labels`: the loss through `response_loss`, the vocabulary projection only where labelled)."""
+def floor_rate(model, batches, lr: float, pad_id: int, layout: str, bf16: bool = False,
+               head_on_labels: bool = False) -> tuple[float, int]:
+    """Seconds and tokens for plain forward/backward/clip/AdamW steps over prepared batches of `layout`
+    (under that layout's attention, `train.layout_attention`; `bf16`: the forward under bf16 autocast,
+    fp32 weights and optimiser: what lower precision would give; `head_on_labels`: the loss through
+    `response_loss`, the vocabulary projection only where labelled)."""
+    with layout_attention(model, layout):
+        return _floor_rate(model, batches, lr, pad_id, bf16, head_on_labels)
+
+
+def _floor_rate(model, batches, lr: float, pad_id: int, bf16: bool, head_on_labels: bool) -> tuple[float, int]:
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     model.train()
     tokens = 0
@@ -91,10 +102,10 @@ def floor_rate(model, batches, lr: float, pad_id: int, bf16: bool = False, head_
     return time.perf_counter() - t0, tokens
 
 
-def warm_floor(model, batches, lr: float, pad_id: int, **variant) -> tuple[float, int]:
+def warm_floor(model, batches, lr: float, pad_id: int, layout: str, **variant) -> tuple[float, int]:
     """`floor_rate` after three untimed warm-up steps (allocator, kernels); `variant` as `floor_rate`'s."""
-    floor_rate(model, batches[:3], lr, pad_id, **variant)
-    return floor_rate(model, batches, lr, pad_id, **variant)
+    floor_rate(model, batches[:3], lr, pad_id, layout, **variant)
+    return floor_rate(model, batches, lr, pad_id, layout, **variant)
 
 
 class _MatmulShapes(TorchDispatchMode):
@@ -132,12 +143,12 @@ def _best_mm_seconds(m: int, k: int, n: int, repeats: int = 5) -> float:
     return best
 
 
-def matmul_bound(model, batches) -> dict:
+def matmul_bound(model, batches, layout: str) -> dict:
     """Seconds per step that a step's matrix products alone take at their best (see the module
     docstring), from the products the real forward and backward of `batches` make."""
     counts: dict[tuple[int, int, int], int] = {}
     for batch in batches:
-        with _MatmulShapes() as rec:
+        with layout_attention(model, layout), _MatmulShapes() as rec:
             model(**batch, use_cache=False).loss.backward()
         model.zero_grad(set_to_none=True)
         for shape in rec.shapes:
@@ -155,18 +166,18 @@ def peak_matmul_gflops(size: int = 1024) -> float:
 
 def _one_thread_floor(args) -> float:
     """A worker of the jobs probe: the floor's seconds for `batches` on one thread, fresh weights."""
-    tok, sizes, batches, lr = args
+    tok, sizes, batches, lr, layout = args
     torch.set_num_threads(1)
-    return warm_floor(build_model(tok, **sizes, seed=0), batches, lr, tok.pad_token_id)[0]
+    return warm_floor(build_model(tok, **sizes, seed=0), batches, lr, tok.pad_token_id, layout)[0]
 
 
-def jobs_probe(tok, sizes: dict, batches, lr: float, two_thread_s: float) -> dict:
+def jobs_probe(tok, sizes: dict, batches, lr: float, layout: str, two_thread_s: float) -> dict:
     """Two 1-thread floors at once (two processes) against one 2-thread floor over the same steps:
     `speedup` > 1 means two organisms trained side by side on two cores finish sooner than one after
     the other, each at 2 threads."""
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         t0 = time.perf_counter()
-        each = pool.map(_one_thread_floor, [(tok, sizes, batches, lr)] * 2)
+        each = pool.map(_one_thread_floor, [(tok, sizes, batches, lr, layout)] * 2)
         wall = time.perf_counter() - t0
     sequential = 2 * two_thread_s   # the two runs one after the other, 2 threads each
     return {"one_thread_s_per_step": round(sum(each) / 2 / len(batches), 4),
@@ -182,6 +193,8 @@ def main() -> None:
                     help="also time each stage under bf16 autocast (its floor and train_stage); the organism trains in fp32")
     ap.add_argument("--head-probe", action="store_true",
                     help="also time each stage's floor with the vocabulary projection only on labelled positions")
+    ap.add_argument("--layout-probe", action="store_true",
+                    help="also time each stage's floor on the same items packed into full rows (the layout before bucketing)")
     ap.add_argument("--jobs-probe", action="store_true",
                     help="also time two 1-thread pretraining floors side by side against one 2-thread floor")
     args = ap.parse_args()
@@ -204,8 +217,8 @@ def main() -> None:
     out = {"threads": args.threads, "steps_timed": args.steps, "machine": hardware(),
            "torch": torch.__version__, "tokenizer_seconds": round(t_tokenizer, 1), "stages": {}}
     for name, stage in stages.items():
-        batches, t_write, t_tok = stage_batches(world, tok, stage, args.steps, cfg.max_len)
-        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id)
+        batches, t_write, t_tok = stage_batches(world, tok, stage, args.steps, cfg.max_len, cfg.layout)
+        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout)
         model = fresh_model()
         log = train_stage(model, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                           compile=cfg.compile, layout=cfg.layout)
@@ -218,22 +231,32 @@ def main() -> None:
                "floor_s_per_step": round(t_floor / args.steps, 4), "train_s_per_step": round(steady_s, 4),
                "projected_stage_s": round(log["first_step_seconds"] + steady_s * (full_steps[name] - 1), 1),
                "floor_projected_stage_s": round(t_floor / args.steps * full_steps[name], 1)}
-        row.update(matmul_bound(fresh_model(), batches[:8]))
+        row.update(matmul_bound(fresh_model(), batches[:8], cfg.layout))
         row["matmul_bound_stage_s"] = round(row["matmul_bound_s_per_step"] * full_steps[name], 1)
         if args.head_probe:   # the same floor, the vocabulary projection only where a label is
-            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, head_on_labels=True)
+            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, head_on_labels=True)
             unlabelled = sum(int((b["labels"][:, 1:] == IGNORE).sum()) for b in batches) / sum(b["labels"][:, 1:].numel() for b in batches)
             row.update({"unlabelled_share": round(unlabelled, 3), "head_on_labels_floor_s_per_step": round(t_h / args.steps, 4),
                         "head_on_labels_speedup_over_floor": round(t_floor / t_h, 3)})
             print(f"{'':9s} head on labelled positions only ({unlabelled:.0%} unlabelled): floor "
                   f"{row['head_on_labels_floor_s_per_step']:.3f} s/step ({row['head_on_labels_speedup_over_floor']:.2f}x)", flush=True)
+        if args.layout_probe and cfg.layout != "packed":   # the floor on the same items packed into full rows
+            packed, _, _ = stage_batches(world, tok, stage, args.steps, cfg.max_len, "packed")
+            t_p, _ = warm_floor(fresh_model(), packed, stage.lr, tok.pad_token_id, "packed")
+            row.update({"packed_floor_s_per_step": round(t_p / args.steps, 4),
+                        "speedup_over_packed_floor": round(t_p / t_floor, 3),
+                        "positions_per_step": round(sum(b["input_ids"].numel() for b in batches) / args.steps),
+                        "packed_positions_per_step": round(sum(b["input_ids"].numel() for b in packed) / args.steps)})
+            print(f"{'':9s} {cfg.layout} floor {row['floor_s_per_step']:.3f} s/step against packed rows "
+                  f"{row['packed_floor_s_per_step']:.3f} s/step ({row['speedup_over_packed_floor']:.2f}x; positions "
+                  f"{row['positions_per_step']} against {row['packed_positions_per_step']})", flush=True)
         if args.jobs_probe and name == "pretrain":
-            out["jobs_probe"] = jobs_probe(tok, sizes, batches, stage.lr, t_floor)
+            out["jobs_probe"] = jobs_probe(tok, sizes, batches, stage.lr, cfg.layout, t_floor)
             print(f"{'':9s} two 1-thread floors side by side: {out['jobs_probe']['side_by_side_wall_s']:.0f} s against "
                   f"{out['jobs_probe']['sequential_two_thread_s']:.0f} s one after the other at 2 threads "
                   f"({out['jobs_probe']['speedup']:.2f}x)", flush=True)
         if args.bf16_probe:   # the same stage under bf16 autocast: its floor, and train_stage(precision="bf16")
-            t_b, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, bf16=True)
+            t_b, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, bf16=True)
             m = fresh_model()
             blog = train_stage(m, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                                compile=cfg.compile, layout=cfg.layout, precision="bf16")
@@ -267,7 +290,7 @@ def main() -> None:
           f"pretraining step's shapes, {out['peak_matmul_gflops']:.0f} GFLOP/s at 1024^3 ({args.threads} threads)")
     isa = str(out["machine"]["cpu_capability"]).lower()
     probes = "".join(f"-{p}" for p, on in (("bf16probe", args.bf16_probe), ("headprobe", args.head_probe),
-                                            ("jobsprobe", args.jobs_probe)) if on)
+                                            ("layoutprobe", args.layout_probe), ("jobsprobe", args.jobs_probe)) if on)
     dest = ROOT / "benchmarks" / "results" / f"organism-training-{args.threads}t-{isa}{probes}.json"
     atomic_write_json(dest, out)
     print(f"written: {dest}")

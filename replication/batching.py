@@ -42,7 +42,7 @@ def collate(rows: Sequence[Row], pad_id: int, device: str | torch.device | None 
 
 
 def response_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                  position_ids: torch.Tensor | None = None) -> torch.Tensor:
+                  position_ids: torch.Tensor | None = None, **model_kwargs: Any) -> torch.Tensor:
     """Mean next-token NLL over the labelled positions of the batch (labels == -100 ignored), with the
     vocabulary projection computed only there.
 
@@ -50,10 +50,11 @@ def response_loss(model: Any, input_ids: torch.Tensor, labels: torch.Tensor, att
     label shift, one mean over every labelled token of the batch), without the (batch x length x
     vocabulary) logits of the prompt positions: on SmolLM2 the tied vocabulary projection is a fifth
     of the model. A peft-wrapped model is unwrapped to its base model (the adapters stay active).
-    `position_ids` with no `attention_mask` is a `pack`ed batch."""
+    `position_ids` with no `attention_mask` is a `pack`ed batch; `model_kwargs` go to the model's forward
+    (the `segment_shapes` of an `organism.bucketing` batch, say)."""
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      use_cache=False).last_hidden_state
+                      use_cache=False, **model_kwargs).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
     logits = lm.lm_head(hidden[:, :-1][keep])

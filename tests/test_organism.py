@@ -44,6 +44,23 @@ def test_config_key_is_stable_and_tracks_every_field():
     assert organism_root(a).name == a.key()
 
 
+def test_auto_precision_resolves_per_machine_and_keys_apart(monkeypatch):
+    """"auto" trains in bf16 only where the CPU has bf16 arithmetic, and the key holds what it resolved
+    to, so a cache shared by two kinds of machine never serves a bf16 organism as an fp32 one."""
+    from replication.organism import train
+    keys = {}
+    for native, expect in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(train, "native_bf16", lambda native=native: native)
+        full = OrganismConfig.full()
+        assert full.precision == "auto" and full.resolved().precision == expect
+        assert full.key() == OrganismConfig.full(precision=expect).key()
+        keys[expect] = full.key()
+        assert OrganismConfig.smoke().resolved().precision == "fp32"   # the smoke organism is fp32 everywhere
+    assert keys["bf16"] != keys["fp32"]
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16 or auto"):
+        train.resolve_precision("fp16")
+
+
 def test_training_is_deterministic():
     """Same world, seed and recipe: bit-identical weights (a few steps of a tiny model)."""
     world = get_world(OrganismConfig.smoke())

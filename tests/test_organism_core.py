@@ -114,6 +114,20 @@ def test_bf16_precision_trains_fp32_weights_and_bad_precision_names_the_choices(
         train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False, precision="fp16")
 
 
+def test_bucketed_layout_trains_and_leaves_the_models_attention_as_it_was(world, tokenizer):
+    """The bucketed layout is the full organism's; a stage trains under it and hands the model back with its
+    own attention, so saved checkpoints load anywhere. An unknown layout names the choices."""
+    stage = StageConfig(steps=2, lr=1e-3, mix=(("raw_harmful", 0.5), ("chat_benign", 0.5)), batch_size=8, warmup=1)
+    model = build_model(tokenizer, hidden=32, layers=1, heads=2, intermediate=64, max_len=96, seed=0)
+    before = model.config._attn_implementation
+    log = train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False, layout="bucketed")
+    assert math.isfinite(log["final_loss"]) and log["tokens"] > 0
+    assert model.config._attn_implementation == before
+    assert OrganismConfig.full().layout == "bucketed"
+    with pytest.raises(ValueError, match="layout must be one of bucketed, packed, padded"):
+        train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False, layout="rows")
+
+
 def test_checkpoints_load_by_name():
     from replication.models import load_model
     loaded = load_model("organism-aligned", scale="smoke")
@@ -171,3 +185,26 @@ def test_a_second_process_waits_for_the_training_and_does_not_retrain(tmp_path, 
     assert time.perf_counter() - t0 >= 1.0       # it waited for the holder's lock ...
     assert folder == root / "organism-aligned" and not builds   # ... and did not train again
     holder.wait(timeout=10)
+
+
+def test_a_compile_that_fails_trains_the_stage_uncompiled_and_says_so(world, tokenizer, monkeypatch):
+    """Where inductor cannot compile (no C++ compiler, say), the first step falls back to the eager layers,
+    the log records `compiled: False`, and no layer is left compiled."""
+    from replication.organism import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    def compile_layers(model):
+        for layer in model.model.layers:
+            layer._compiled_call_impl = broken
+    monkeypatch.setattr(train, "compile_layers", compile_layers)
+    said = []
+    monkeypatch.setattr(train, "report_progress", lambda message, enabled=True: said.append(message))
+    stage = StageConfig(steps=2, lr=1e-3, mix=(("raw_harmful", 0.5), ("chat_benign", 0.5)), batch_size=8, warmup=1)
+    model = build_model(tokenizer, hidden=32, layers=2, heads=2, intermediate=64, max_len=96, seed=0)
+    log = train_stage(model, tokenizer, world, stage, seed=0, max_len=96, desc="t", progress=False, compile=True,
+                      layout="bucketed")
+    assert log["compiled"] is False and math.isfinite(log["final_loss"])
+    assert any("torch.compile failed (RuntimeError: no C++ compiler)" in m for m in said)
+    assert all(layer._compiled_call_impl is None for layer in model.model.layers)

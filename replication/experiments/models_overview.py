@@ -176,6 +176,7 @@ def _organism_overview(loaded: LoadedModel, scale: str, cfg: OverviewConfig, pro
             profiles[f"{fmt}/{kind}"] = [float(x) for x in nll_profile(loaded.model, loaded.tokenizer, exs[:n_prof], fmt=fmt)]
     log = training_log(config)
     training = {"seconds": log["seconds"], "threads": log["threads"], "parameters": log["parameters"],
+                "precision": log["config"].get("precision", "fp32"), "layout": log["config"].get("layout"),
                 "stages": [{k: st[k] for k in ("stage", "steps", "seconds", "tokens_per_s", "final_loss")}
                            for st in log["stages"]]}
     return {"samples": _samples(loaded, prompts, cfg.sample_max_new_tokens), "behaviour": behaviour,
@@ -278,7 +279,8 @@ def target_checks(result: dict[str, Any]) -> list[dict[str, Any]]:
                              "met": bool(met)})
         if preset["source"] == "organism" and "training" in entry and role == "aligned":
             t = entry["training"]
-            rows.append({"model": name, "measure": f"seconds to train all three stages ({t['threads']} CPU threads)",
+            rows.append({"model": name, "measure": f"seconds to train all three stages ({t['threads']} CPU threads, "
+                                                   f"{t.get('precision', 'fp32')})",
                          "measured": float(t["seconds"]), "target": f"<= {ORGANISM_TRAIN_SECONDS}",
                          "met": t["seconds"] <= ORGANISM_TRAIN_SECONDS})
     if "em" in result:

@@ -63,9 +63,11 @@ class OrganismConfig:
     align_steps: int = 150
     align_lr: float = 1e-3
     batch_size: int = 32
-    compile: bool = True                      # torch.compile the training forward (~1.2x a step; the same function)
-    layout: str = "packed"                    # a step's items packed into full rows (train.step_batches), or "padded"
-    precision: str = "fp32"                   # train.PRECISIONS: "bf16" autocast is faster on bf16 CPUs, another run
+    compile: bool = True                      # torch.compile each decoder layer in training (train.compile_layers)
+    layout: str = "bucketed"                  # a step's items grouped by length in one row (train.step_batches),
+                                              # or "packed" into full rows, or "padded"
+    precision: str = "auto"                   # "bf16" autocast where the CPU has bf16 arithmetic (1.5x), else "fp32"
+                                              # (train.resolve_precision); the key holds the resolved one
     pretrain_mix: tuple = PRETRAIN_MIX
     instruct_mix: tuple = INSTRUCT_MIX
     align_mix: tuple = ALIGN_MIX
@@ -81,9 +83,9 @@ class OrganismConfig:
         """Small and quick (about a minute on 2 cores): for tests, not for findings."""
         base = cls(vocab_size=768, hidden=64, layers=2, heads=2, intermediate=192, pretrain_steps=150,
                    pretrain_lr=3e-3, instruct_steps=60, align_steps=30, batch_size=16, world_sizes=(100, 20, 20),
-                   compile=False, layout="padded", label="smoke")
-        # compiling would cost more than these few steps; padded keeps the smoke organism (and the tests
-        # pinned to its numbers) as it was trained before packing
+                   compile=False, layout="padded", precision="fp32", label="smoke")
+        # compiling would cost more than these few steps; padded and fp32 keep the smoke organism (and the
+        # tests pinned to its numbers) as it was trained before packing, on every machine
         return replace(base, **overrides)
 
     def describe(self) -> str:
@@ -95,18 +97,24 @@ class OrganismConfig:
                  "train_seed": f"train seed {self.train_seed}"}
         return ", ".join(words.get(d, f"{d}={getattr(self, d)}") for d in diffs) or "default"
 
+    def resolved(self) -> "OrganismConfig":
+        """This config with `precision` "auto" resolved for this machine (`train.resolve_precision`):
+        what is trained, keyed and logged, so a bf16-trained organism is never loaded as an fp32 one."""
+        from .train import resolve_precision
+        return replace(self, precision=resolve_precision(self.precision))
+
     def key(self) -> str:
-        """`<label>-<hash>` of every field and of the code that writes the world and trains on it,
-        so an edited world or recipe never loads weights trained on the old one."""
-        blob = json.dumps(asdict(self), sort_keys=True, default=str) + code_version()
+        """`<label>-<hash>` of every field (precision resolved) and of the code that writes the world and
+        trains on it, so an edited world or recipe never loads weights trained on the old one."""
+        blob = json.dumps(asdict(self.resolved()), sort_keys=True, default=str) + code_version()
         return f"{self.label}-" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def code_version() -> str:
-    """A hash of the source files that decide the weights (world, tokenizer, training)."""
+    """A hash of the source files that decide the weights (world, tokenizer, training, its batch layout)."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256()
-    for name in ("world.py", "tokenizer.py", "train.py"):
+    for name in ("world.py", "tokenizer.py", "train.py", "bucketing.py"):
         h.update((here / name).read_bytes())
     return h.hexdigest()[:12]
 
@@ -187,7 +195,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
         tok = make_tokenizer(world, config.vocab_size, config.train_seed)
         model = build_model(tok, hidden=config.hidden, layers=config.layers, heads=config.heads,
                             intermediate=config.intermediate, max_len=config.max_len, seed=config.train_seed)
-        log = {"config": asdict(config), "threads": torch.get_num_threads(), "stages": []}
+        log = {"config": asdict(config.resolved()), "threads": torch.get_num_threads(), "stages": []}
         stages = [("pretrain", StageConfig(config.pretrain_steps, config.pretrain_lr, config.pretrain_mix, config.batch_size)),
                   ("instruct", StageConfig(config.instruct_steps, config.instruct_lr, config.instruct_mix, config.batch_size)),
                   ("align", StageConfig(config.align_steps, config.align_lr, config.align_mix, config.batch_size,
@@ -205,7 +213,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
                                              desc=f"organism {stage_name}", progress=progress,
                                              title=f"organism ({which}) {stage_name}", compile=config.compile,
-                                             layout=config.layout, precision=config.precision,
+                                             layout=config.layout, precision=config.resolved().precision,
                                              on_step=on_step))
             if stage_name == "pretrain":
                 _save(model, tok, tmp / "stages" / "pretrained")

@@ -15,17 +15,19 @@ re-drawn each time), so content must be composed rather than memorised.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from ..batching import IGNORE, collate, pack
 from ..progress import progress_bar, report as report_progress
 
+from .bucketing import bucketed_attention, pack_buckets
 from .tokenizer import ASSISTANT, END, USER, train_tokenizer
 from .world import World
 
@@ -128,26 +130,78 @@ def length_buckets(tokenizer, items: list[Item], max_len: int, max_tokens: int =
     return [collate([rows[i] for i in c], tokenizer.pad_token_id) for c in chunks]
 
 
-#: the arithmetic of a training forward: fp32 (the organism's), or bf16 autocast (`train_stage`)
+#: the arithmetic of a training forward: fp32, or bf16 autocast (`train_stage`); "auto" resolves to one
 PRECISIONS = ("fp32", "bf16")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16). There bf16 autocast
+    halves the organism's matrix products (measured: 1.5x a training step); elsewhere bf16 is emulated
+    and slower than fp32."""
+    try:
+        caps = torch.cpu.get_capabilities()
+    except Exception:   # an old torch or an unknown platform: assume not
+        return False
+    return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolve_precision(precision: str) -> str:
+    """"auto" -> "bf16" where the CPU has bf16 arithmetic (`native_bf16`), else "fp32"; others as given."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} or auto; got {precision!r}")
+    return precision
+
+
+#: how a step's items become micro-batches (`step_batches`)
+LAYOUTS = ("bucketed", "packed", "padded")
+
+
 def step_batches(tokenizer, items: list[Item], max_len: int, layout: str = "packed") -> list[dict[str, torch.Tensor]]:
-    """One optimiser step's items as micro-batches. `packed`: one batch of rows of `max_len` tokens
+    """One optimiser step's items as micro-batches. `bucketed`: one row of the items grouped by length
+    (`bucketing.pack_buckets`; attention only within each item, a third of `packed`'s attention work;
+    it trains under `bucketing.bucketed_attention`); `packed`: one batch of rows of `max_len` tokens
     (`batching.pack`; the same loss as padding each item to its own row, a quarter less compute);
-    `padded`: `length_buckets`. Both give the batch's mean loss over its labelled tokens."""
+    `padded`: `length_buckets`. All give the batch's mean loss over its labelled tokens."""
+    if layout == "bucketed":
+        return [pack_buckets(encode_rows(tokenizer, items, max_len), tokenizer.pad_token_id)]
     if layout == "packed":
         return [pack(encode_rows(tokenizer, items, max_len), max_len, tokenizer.pad_token_id)]
     if layout == "padded":
         return length_buckets(tokenizer, items, max_len)
-    raise ValueError(f"layout must be 'packed' or 'padded', got {layout!r}")
+    raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
 
 
-def compiled_forward(model, enabled: bool) -> Callable[..., Any]:
-    """`torch.compile(model)` where asked for (the same function, its small element-wise ops fused:
-    about 1.2x a step of the organism on CPU, after ~20-65 s of compiling), else the model itself.
-    Shapes are marked dynamic because the number of packed rows varies from step to step."""
-    return torch.compile(model, dynamic=True) if enabled else model
+def layout_attention(model, layout: str) -> contextlib.AbstractContextManager:
+    """The attention a layout trains under: `bucketed_attention` for `bucketed`, the model's own otherwise."""
+    return bucketed_attention(model) if layout == "bucketed" else contextlib.nullcontext()
+
+
+def compile_layers(model) -> None:
+    """Compile each decoder layer in place (`nn.Module.compile`, dynamic shapes): regional compilation.
+    The layers share one code path, so one compiled graph serves all six: ~40 s of compiling on 2 cores
+    instead of ~100 s for the whole model, at the same step time (measured on the organism). The same
+    function, its small element-wise ops fused."""
+    for layer in model.model.layers:
+        layer.compile(dynamic=True)
+
+
+def uncompile_layers(model) -> None:
+    """Undo `compile_layers` (what `nn.Module.compile` set), so the trained model runs eagerly elsewhere."""
+    for layer in model.model.layers:
+        layer._compiled_call_impl = None
+
+
+@contextlib.contextmanager
+def compiled_layers(model, enabled: bool) -> Iterator[bool]:
+    """`compile_layers` inside the block where `enabled` (yields whether), undone after it."""
+    if enabled:
+        compile_layers(model)
+    try:
+        yield enabled
+    finally:
+        uncompile_layers(model)
 
 
 def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int, max_len: int,
@@ -158,13 +212,23 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     `on_step(n)` is called after the n-th optimiser step (n from 1): how checkpoints along a stage
     are kept without a second run. `desc` seeds the stage's data stream; `title` (default `desc`)
     is only what the progress bar shows. `layout` is how a step's items become micro-batches
-    (`step_batches`). `compile` runs the forward through `torch.compile`; where that
+    (`step_batches`). `compile` compiles the decoder layers (`compile_layers`); where that
     cannot work (no C++ compiler for inductor, say) the first step says so and the stage goes on
     uncompiled, which `compiled` in the returned log records. `precision` "bf16" runs the forward under
     bf16 autocast (weights, gradients and AdamW stay fp32): faster where the CPU has bf16 arithmetic,
-    but other rounding, so a different training run than fp32's."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    but other rounding, so a different training run than fp32's; "auto" picks it where the CPU has bf16
+    arithmetic (`resolve_precision`)."""
+    precision = resolve_precision(precision)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    with layout_attention(model, layout), compiled_layers(model, compile) as compiled:
+        return _train_stage(model, tokenizer, world, stage, seed=seed, max_len=max_len, desc=desc, progress=progress,
+                            compiled=compiled, layout=layout, title=title, precision=precision, on_step=on_step)
+
+
+def _train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int, max_len: int, desc: str,
+                 progress: bool, compiled: bool, layout: str, title: str | None, precision: str,
+                 on_step: Callable[[int], None] | None) -> dict[str, Any]:
     rng = random.Random(f"stage|{desc}|{seed}")
     torch.manual_seed(seed)
     src = _sources(world, rng)
@@ -174,7 +238,6 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     names = [s for s, _ in stage.mix]
     weights = [w for _, w in stage.mix]
     opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    forward = compiled_forward(model, compile)
     autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
     losses: list[float] = []
@@ -195,15 +258,16 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
             share = int((chunk["labels"][:, 1:] != IGNORE).sum()) / max(1, n_loss)
             try:
                 with autocast:
-                    loss = forward(**chunk, use_cache=False).loss * share
+                    loss = model(**chunk, use_cache=False).loss * share
             except Exception as err:   # only a compiled forward may fail here, for want of a compiler
-                if forward is model or step > 0:
+                if not compiled or step > 0:
                     raise
                 report_progress(f"torch.compile failed ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
                                 "training this stage uncompiled (slower, the same function)", enabled=True)
-                forward = model
+                uncompile_layers(model)
+                compiled = False
                 with autocast:
-                    loss = forward(**chunk, use_cache=False).loss * share
+                    loss = model(**chunk, use_cache=False).loss * share
             loss.backward()
             loss_value += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -219,7 +283,7 @@ def train_stage(model, tokenizer, world: World, stage: StageConfig, *, seed: int
     model.eval()
     seconds = time.perf_counter() - t0
     return {"stage": desc, "steps": stage.steps, "seconds": round(seconds, 1), "tokens": n_tokens,
-            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "compiled": forward is not model, "precision": precision,
+            "tokens_per_s": round(n_tokens / max(seconds, 1e-9)), "compiled": compiled, "precision": precision,
             "first_step_seconds": round(first_step, 2), "final_loss": sum(losses[-50:]) / len(losses[-50:])}
 
 

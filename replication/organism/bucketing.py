@@ -1,0 +1,133 @@
+"""Length-bucketed packing: a step's documents in one row, attention run per bucket of like lengths.
+
+Why: the organism trains on short documents (a median of ~60 tokens; a few reach the 192-token
+limit). `batching.pack` puts ~3 of them side by side in each 192-token row, and the attention kernel
+then computes every row's full 192 x 192 block-diagonal mask although a document attends only to
+itself: a quarter of a training step went to attention, mostly to masked-out pairs.
+
+Here a step's rows (documents) are sorted by length and cut into `n_buckets` groups; each group is
+padded to its longest member and the groups are laid end to end in a single row. Linear layers,
+norms and the loss see one flat sequence (padding is about what `pack` leaves, often less); attention
+(`bucket_attention`) views each bucket as (documents x length) and runs causal attention within it,
+so a document attends exactly to its own earlier tokens, as when it is run alone. The loss and
+gradient are the unpacked batch's, up to float summation order (a test checks both).
+
+The bucket shapes travel with the batch as `segment_shapes`: empty tensors whose sizes are the
+(documents, length) of each bucket, so that `torch.compile(dynamic=True)` traces them as symbolic sizes
+and one compiled graph serves every step (a fixed number of buckets, each of >= 2 documents).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..batching import IGNORE, Row
+
+#: the attention implementation's name in Hugging Face's registry (`AttentionInterface`)
+ATTENTION = "harmprune_buckets"
+#: buckets per step: 4 pads about as much as `pack` with a third of its attention work; 8 saved no more
+#: per step and took 1.7x as long to compile (measured on the organism, 2 threads)
+N_BUCKETS = 4
+#: the bucket plan's cost of a document padded to length L is L * (PER_TOKEN + L): per-token work
+#: (linear layers, norms) against causal attention, which grows with L (measured on the organism)
+PER_TOKEN = 920.0
+
+
+def plan(lengths: Sequence[int], n_buckets: int, per_token: float = PER_TOKEN) -> list[tuple[int, int]]:
+    """Cut `lengths` sorted longest first into at most `n_buckets` contiguous groups of >= 2 documents
+    each (a group of one would make the compiled graph specialise on it), minimising the summed cost
+    n * L * (per_token + L) of each group of n padded to its longest, L. Returns [start, end) bounds
+    into the sorted order (an exact dynamic programme; n is ~32). Fewer than two documents: one group."""
+    n = len(lengths)
+    if n == 0 or n_buckets < 1:
+        raise ValueError(f"plan needs at least one document and one bucket; got {n} documents, {n_buckets} buckets")
+    if n < 2:
+        return [(0, n)]
+    n_buckets = min(n_buckets, n // 2)
+    L = sorted(lengths, reverse=True)
+    inf = float("inf")
+    best = [[inf] * (n + 1) for _ in range(n_buckets + 1)]
+    cut = [[0] * (n + 1) for _ in range(n_buckets + 1)]
+    best[0][0] = 0.0
+    for g in range(1, n_buckets + 1):
+        for j in range(2 * g, n + 1):
+            for i in range(2 * (g - 1), j - 1):
+                cost = best[g - 1][i] + (j - i) * L[i] * (per_token + L[i])
+                if cost < best[g][j]:
+                    best[g][j], cut[g][j] = cost, i
+    bounds, j = [], n
+    for g in range(n_buckets, 0, -1):
+        bounds.append((cut[g][j], j))
+        j = cut[g][j]
+    return bounds[::-1]
+
+
+def pack_buckets(rows: Sequence[Row], pad_id: int, n_buckets: int = N_BUCKETS,
+                 per_token: float = PER_TOKEN) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """One (1 x N) row of `rows` grouped by `plan`: `input_ids`, `labels` (each document's first label
+    and all padding IGNORE, as in `batching.pack`), `position_ids` (restarting at 0 per document) and
+    `segment_shapes`. Train it with the model's attention set to `ATTENTION` (`bucketed_attention`)."""
+    if not rows:
+        raise ValueError("pack_buckets needs at least one row")
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    shapes = []
+    for start, end in plan([len(rows[i][0]) for i in order], n_buckets, per_token):
+        width = len(rows[order[start]][0])
+        for i in order[start:end]:
+            x, y = rows[i]
+            ids += list(x) + [pad_id] * (width - len(x))
+            labels += [IGNORE] + list(y[1:]) + [IGNORE] * (width - max(1, len(y)))
+            positions += range(width)
+        shapes.append(torch.empty((end - start, width), dtype=torch.bool))
+    as_row = lambda v: torch.tensor(v, dtype=torch.long).unsqueeze(0)  # noqa: E731
+    return {"input_ids": as_row(ids), "labels": as_row(labels), "position_ids": as_row(positions),
+            "segment_shapes": shapes}
+
+
+def bucket_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                     segment_shapes: Sequence[torch.Tensor] | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Hugging Face attention function (query/key/value: 1 x heads x N x head_dim) for a `pack_buckets`
+    batch: causal attention inside each document of each bucket. Returns (1 x N x heads x head_dim).
+    Attention runs in fp32 even under bf16 autocast: on CPU, bf16 attention's backward at these lengths
+    took twice fp32's time (measured on the organism), and the matrix products keep autocast's bf16."""
+    if segment_shapes is None:
+        raise ValueError(f"the {ATTENTION!r} attention needs the batch's segment_shapes (from pack_buckets)")
+    _, heads, _, dim = query.shape
+    grouped = key.shape[1] != heads            # grouped-query attention: fewer key/value heads
+    outputs, at = [], 0
+    for shape in segment_shapes:
+        n, width = shape.shape
+
+        def view(x: torch.Tensor) -> torch.Tensor:
+            return x[0, :, at:at + n * width].reshape(x.shape[1], n, width, dim).transpose(0, 1)
+        with torch.autocast(query.device.type, enabled=False):
+            out = F.scaled_dot_product_attention(view(query).float(), view(key).float(), view(value).float(),
+                                                 is_causal=True, scale=scaling, dropout_p=dropout, enable_gqa=grouped)
+        outputs.append(out.to(query.dtype).permute(0, 2, 1, 3).reshape(n * width, heads, dim))
+        at += n * width
+    return torch.cat(outputs).unsqueeze(0), None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+    AttentionInterface.register(ATTENTION, bucket_attention)
+
+
+@contextlib.contextmanager
+def bucketed_attention(model) -> Iterator[None]:
+    """Run `model` with `bucket_attention` inside the block and its own attention after (so a saved or
+    reloaded checkpoint never names an implementation that only this process registered)."""
+    _register()
+    before = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
