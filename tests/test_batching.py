@@ -6,6 +6,8 @@ import torch
 
 from replication.batching import IGNORE, collate, pack, response_loss
 
+from tiny_models import loss_and_grad
+
 ROWS = [([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]),
         ([9, 10], [IGNORE, 10]),
         ([11, 12, 13], [IGNORE, 12])]          # labels shorter than input_ids: the rest count as IGNORE
@@ -80,16 +82,10 @@ def test_packed_loss_and_gradient_equal_the_padded_batch(tok, model):
     rows.append(_rows(tok, [("Hello there", "General Kenobi.")])[0])
     width = max(len(ids) for ids, _ in rows) + 4
 
-    def loss_and_grad(batch):
-        model.zero_grad()
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    padded = loss_and_grad(collate(rows, pad_id=0))
+    padded = loss_and_grad(model, collate(rows, pad_id=0))
     packed_batch = pack(rows, width, pad_id=0)
     assert packed_batch["input_ids"].shape[0] < len(rows)
-    packed = loss_and_grad(packed_batch)
+    packed = loss_and_grad(model, packed_batch)
     assert packed[0] == pytest.approx(padded[0], rel=1e-5)
     assert torch.allclose(packed[1], padded[1], rtol=1e-4, atol=1e-6)
 

@@ -9,6 +9,8 @@ import torch
 from replication.batching import IGNORE, collate
 from replication.organism.bucketing import ATTENTION, bucketed_attention, pack_buckets, plan
 
+from tiny_models import loss_and_grad
+
 ROWS = [([5, 6, 7, 8], [IGNORE, IGNORE, 7, 8]),
         ([9, 10], [IGNORE, 10]),
         ([11, 12, 13], [IGNORE, 12]),          # labels shorter than input_ids: the rest count as IGNORE
@@ -56,17 +58,11 @@ def test_bucketed_loss_and_gradient_equal_the_padded_batch(tok, model):
     answer = tok("General Kenobi.", add_special_tokens=False)["input_ids"]
     rows.append((prompt + answer, [IGNORE] * len(prompt) + answer))
 
-    def loss_and_grad(batch):
-        model.zero_grad()
-        loss = model(**batch, use_cache=False).loss
-        loss.backward()
-        return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-    padded = loss_and_grad(collate(rows, pad_id=0))
+    padded = loss_and_grad(model, collate(rows, pad_id=0))
     before = model.config._attn_implementation
     with bucketed_attention(model):
         assert model.config._attn_implementation == ATTENTION
-        bucketed = loss_and_grad(pack_buckets(rows, pad_id=0, n_buckets=3))
+        bucketed = loss_and_grad(model, pack_buckets(rows, pad_id=0, n_buckets=3))
     assert model.config._attn_implementation == before          # restored: checkpoints never name ours
     assert bucketed[0] == pytest.approx(padded[0], rel=1e-5)
     assert torch.allclose(bucketed[1], padded[1], rtol=1e-4, atol=1e-6)

@@ -132,3 +132,11 @@ def synthetic_examples(tokenizer, n: int, seq_len: int, *, prompt_tokens: int = 
 
     return [Example(prompt=text(prompt_tokens), response=text(max(1, seq_len - prompt_tokens - 1)), kind=kind)
             for _ in range(n)]
+
+
+def loss_and_grad(model, batch: dict) -> tuple[float, torch.Tensor]:
+    """The model's loss on `batch` and its whole gradient, flattened: what two layouts of the same items must agree on."""
+    model.zero_grad()
+    loss = model(**batch, use_cache=False).loss
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
