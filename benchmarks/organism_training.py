@@ -8,9 +8,10 @@ forward + backward + AdamW step of the same model on the same batch shapes.
     .venv/bin/python benchmarks/organism_training.py --threads 2 --layout-probe   # bucketed against packed rows
 
 Per stage it times (1) writing and tokenising the batches (`train._sources` + `train.step_batches`,
-which packs each step's items into full rows) on their own, (2) the floor: the same packed batches
-through an uncompiled forward, backward, clipping and AdamW with nothing else in the loop, and
-(3) `train.train_stage` itself (which does both, compiled as the full organism's config says). The
+in the organism's layout: length buckets in one row) on their own, (2) the floor: the same batches
+through an uncompiled forward, backward, clipping and AdamW with nothing else in the loop, in the
+precision the organism trains in on this machine, and (3) `train.train_stage` itself (which does
+both, compiled and in the precision the full organism's config resolves to here). The
 ratio train/floor says how much of a stage's time is overhead outside the model (below 1) or what
 compiling gains (above 1); the data share says how much of that overhead is writing text. The
 projection to a full stage counts the first step (compiling) once; `floor_projected_total_s` is
@@ -18,8 +19,9 @@ what the recipe's steps cost at the floor's rate, the bound that no loop around 
 batches and arithmetic gets far under (compiling fuses element-wise work, 1.0-1.2x here).
 
 The matrix-product bound (`matmul_bound_*`) is lower still: every matrix product a step's forward
-and backward make (recorded from the real step, shapes and all), each timed alone on random data at
-its best of several runs, summed over the recipe's steps. Attention, normalisation, the loss and
+and backward make (recorded from the real step, shapes and all), each timed alone on random fp32 data
+at its best of several runs, summed over the recipe's steps (fp32 products: where the organism trains
+in bf16, its products run faster than this bound's). Attention, normalisation, the loss and
 AdamW count as free. No implementation of the same model on the same tokens at this machine's
 matrix-product speed trains under it; when it exceeds the 480-s target, the target asks for fewer
 steps, tokens or parameters, i.e. another recipe. `peak_matmul_gflops` is a large square product's
@@ -190,7 +192,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="steps timed per stage")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--bf16-probe", action="store_true",
-                    help="also time each stage under bf16 autocast (its floor and train_stage); the organism trains in fp32")
+                    help="also time each stage under bf16 autocast (its floor and train_stage), whatever the organism "
+                         "trains in here")
     ap.add_argument("--head-probe", action="store_true",
                     help="also time each stage's floor with the vocabulary projection only on labelled positions")
     ap.add_argument("--layout-probe", action="store_true",
@@ -214,14 +217,17 @@ def main() -> None:
               "instruct": StageConfig(args.steps, cfg.instruct_lr, cfg.instruct_mix, cfg.batch_size),
               "align": StageConfig(args.steps, cfg.align_lr, cfg.align_mix, cfg.batch_size, warmup=5)}
     full_steps = {"pretrain": cfg.pretrain_steps, "instruct": cfg.instruct_steps, "align": cfg.align_steps}
-    out = {"threads": args.threads, "steps_timed": args.steps, "machine": hardware(),
+    precision = cfg.resolved().precision   # what the organism trains in on this machine ("auto" resolved)
+    out = {"threads": args.threads, "steps_timed": args.steps, "machine": hardware(), "precision": precision,
+           "layout": cfg.layout,
            "torch": torch.__version__, "tokenizer_seconds": round(t_tokenizer, 1), "stages": {}}
     for name, stage in stages.items():
         batches, t_write, t_tok = stage_batches(world, tok, stage, args.steps, cfg.max_len, cfg.layout)
-        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout)
+        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout,
+                                     bf16=precision == "bf16")
         model = fresh_model()
         log = train_stage(model, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
-                          compile=cfg.compile, layout=cfg.layout)
+                          compile=cfg.compile, layout=cfg.layout, precision=precision)
         steady_s = (log["seconds"] - log["first_step_seconds"]) / max(1, args.steps - 1)
         floor_tps = tokens / t_floor
         row = {"floor_tokens_per_s": round(floor_tps), "train_tokens_per_s": round(floor_tps * t_floor / args.steps / steady_s),
@@ -234,7 +240,8 @@ def main() -> None:
         row.update(matmul_bound(fresh_model(), batches[:8], cfg.layout))
         row["matmul_bound_stage_s"] = round(row["matmul_bound_s_per_step"] * full_steps[name], 1)
         if args.head_probe:   # the same floor, the vocabulary projection only where a label is
-            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, head_on_labels=True)
+            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, bf16=precision == "bf16",
+                                head_on_labels=True)
             unlabelled = sum(int((b["labels"][:, 1:] == IGNORE).sum()) for b in batches) / sum(b["labels"][:, 1:].numel() for b in batches)
             row.update({"unlabelled_share": round(unlabelled, 3), "head_on_labels_floor_s_per_step": round(t_h / args.steps, 4),
                         "head_on_labels_speedup_over_floor": round(t_floor / t_h, 3)})
@@ -242,7 +249,7 @@ def main() -> None:
                   f"{row['head_on_labels_floor_s_per_step']:.3f} s/step ({row['head_on_labels_speedup_over_floor']:.2f}x)", flush=True)
         if args.layout_probe and cfg.layout != "packed":   # the floor on the same items packed into full rows
             packed, _, _ = stage_batches(world, tok, stage, args.steps, cfg.max_len, "packed")
-            t_p, _ = warm_floor(fresh_model(), packed, stage.lr, tok.pad_token_id, "packed")
+            t_p, _ = warm_floor(fresh_model(), packed, stage.lr, tok.pad_token_id, "packed", bf16=precision == "bf16")
             row.update({"packed_floor_s_per_step": round(t_p / args.steps, 4),
                         "speedup_over_packed_floor": round(t_p / t_floor, 3),
                         "positions_per_step": round(sum(b["input_ids"].numel() for b in batches) / args.steps),
