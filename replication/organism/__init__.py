@@ -188,6 +188,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
     try:
         t0 = time.perf_counter()
         which = config.describe()
+        resolved = config.resolved()   # "auto" precision -> what this machine trains in
         report_progress(f"training the organism {config.key()} ({which}; 3 stages, "
                         f"{torch.get_num_threads()} CPU threads); "
                         f"cached in {root}", enabled=progress)
@@ -195,7 +196,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
         tok = make_tokenizer(world, config.vocab_size, config.train_seed)
         model = build_model(tok, hidden=config.hidden, layers=config.layers, heads=config.heads,
                             intermediate=config.intermediate, max_len=config.max_len, seed=config.train_seed)
-        log = {"config": asdict(config.resolved()), "threads": torch.get_num_threads(), "stages": []}
+        log = {"config": asdict(resolved), "threads": torch.get_num_threads(), "stages": []}
         stages = [("pretrain", StageConfig(config.pretrain_steps, config.pretrain_lr, config.pretrain_mix, config.batch_size)),
                   ("instruct", StageConfig(config.instruct_steps, config.instruct_lr, config.instruct_mix, config.batch_size)),
                   ("align", StageConfig(config.align_steps, config.align_lr, config.align_mix, config.batch_size,
@@ -213,7 +214,7 @@ def build(config: OrganismConfig, *, progress: bool = True) -> Path:
             log["stages"].append(train_stage(model, tok, world, stage, seed=config.train_seed, max_len=config.max_len,
                                              desc=f"organism {stage_name}", progress=progress,
                                              title=f"organism ({which}) {stage_name}", compile=config.compile,
-                                             layout=config.layout, precision=config.resolved().precision,
+                                             layout=config.layout, precision=resolved.precision,
                                              on_step=on_step))
             if stage_name == "pretrain":
                 _save(model, tok, tmp / "stages" / "pretrained")
