@@ -218,13 +218,13 @@ def main() -> None:
               "align": StageConfig(args.steps, cfg.align_lr, cfg.align_mix, cfg.batch_size, warmup=5)}
     full_steps = {"pretrain": cfg.pretrain_steps, "instruct": cfg.instruct_steps, "align": cfg.align_steps}
     precision = cfg.resolved().precision   # what the organism trains in on this machine ("auto" resolved)
+    bf16 = precision == "bf16"             # every floor runs in that precision
     out = {"threads": args.threads, "steps_timed": args.steps, "machine": hardware(), "precision": precision,
            "layout": cfg.layout,
            "torch": torch.__version__, "tokenizer_seconds": round(t_tokenizer, 1), "stages": {}}
     for name, stage in stages.items():
         batches, t_write, t_tok = stage_batches(world, tok, stage, args.steps, cfg.max_len, cfg.layout)
-        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout,
-                                     bf16=precision == "bf16")
+        t_floor, tokens = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, bf16=bf16)
         model = fresh_model()
         log = train_stage(model, tok, world, stage, seed=0, max_len=cfg.max_len, desc=f"bench {name}", progress=False,
                           compile=cfg.compile, layout=cfg.layout, precision=precision)
@@ -240,7 +240,7 @@ def main() -> None:
         row.update(matmul_bound(fresh_model(), batches[:8], cfg.layout))
         row["matmul_bound_stage_s"] = round(row["matmul_bound_s_per_step"] * full_steps[name], 1)
         if args.head_probe:   # the same floor, the vocabulary projection only where a label is
-            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, bf16=precision == "bf16",
+            t_h, _ = warm_floor(fresh_model(), batches, stage.lr, tok.pad_token_id, cfg.layout, bf16=bf16,
                                 head_on_labels=True)
             unlabelled = sum(int((b["labels"][:, 1:] == IGNORE).sum()) for b in batches) / sum(b["labels"][:, 1:].numel() for b in batches)
             row.update({"unlabelled_share": round(unlabelled, 3), "head_on_labels_floor_s_per_step": round(t_h / args.steps, 4),
@@ -249,7 +249,7 @@ def main() -> None:
                   f"{row['head_on_labels_floor_s_per_step']:.3f} s/step ({row['head_on_labels_speedup_over_floor']:.2f}x)", flush=True)
         if args.layout_probe and cfg.layout != "packed":   # the floor on the same items packed into full rows
             packed, _, _ = stage_batches(world, tok, stage, args.steps, cfg.max_len, "packed")
-            t_p, _ = warm_floor(fresh_model(), packed, stage.lr, tok.pad_token_id, "packed", bf16=precision == "bf16")
+            t_p, _ = warm_floor(fresh_model(), packed, stage.lr, tok.pad_token_id, "packed", bf16=bf16)
             row.update({"packed_floor_s_per_step": round(t_p / args.steps, 4),
                         "speedup_over_packed_floor": round(t_p / t_floor, 3),
                         "positions_per_step": round(sum(b["input_ids"].numel() for b in batches) / args.steps),
