@@ -39,13 +39,17 @@ def test_plan_is_the_cheapest_cut_into_groups_of_at_least_two():
         plan([], 2)
 
 
-def test_pack_buckets_lays_length_groups_end_to_end():
+def test_pack_buckets_lays_length_groups_end_to_end_unpadded():
     b = pack_buckets(ROWS, pad_id=0, n_buckets=2)
     assert [tuple(s.shape) for s in b["segment_shapes"]] == [(2, 5), (2, 3)]
-    assert b["input_ids"].tolist() == [[14, 15, 16, 17, 18, 5, 6, 7, 8, 0, 11, 12, 13, 9, 10, 0]]
-    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4] * 2 + [0, 1, 2] * 2]
-    assert b["labels"].tolist() == [[IGNORE, 15, 16, 17, 18, IGNORE, IGNORE, 7, 8, IGNORE,
-                                     IGNORE, 12, IGNORE, IGNORE, 10, IGNORE]]
+    assert b["input_ids"].tolist() == [[14, 15, 16, 17, 18, 5, 6, 7, 8, 11, 12, 13, 9, 10]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 3, 0, 1, 2, 0, 1]]
+    assert b["labels"].tolist() == [[IGNORE, 15, 16, 17, 18, IGNORE, IGNORE, 7, 8,
+                                     IGNORE, 12, IGNORE, IGNORE, 10]]
+    # each bucket slot's row position (padding repeats its document's last token), and each position's slot
+    assert b["padded_index"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13, 13]
+    assert b["unpadded_index"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14]
+    assert b["padded_index"][b["unpadded_index"]].tolist() == list(range(14))
     with pytest.raises(ValueError, match="at least one row"):
         pack_buckets([], pad_id=0)
 

@@ -159,9 +159,9 @@ LAYOUTS = ("bucketed", "packed", "padded")
 
 
 def step_batches(tokenizer, items: list[Item], max_len: int, layout: str = "packed") -> list[dict[str, torch.Tensor]]:
-    """One optimiser step's items as micro-batches. `bucketed`: one row of the items grouped by length
-    (`bucketing.pack_buckets`; attention only within each item, under half of `packed`'s attention work;
-    it trains under `bucketing.bucketed_attention`); `packed`: one batch of rows of `max_len` tokens
+    """One optimiser step's items as micro-batches. `bucketed`: one unpadded row of the items grouped by
+    length (`bucketing.pack_buckets`; attention only within each item, under half of `packed`'s attention
+    work, and no padding outside attention; it trains under `bucketing.bucketed_attention`); `packed`: one batch of rows of `max_len` tokens
     (`batching.pack`; the same loss as padding each item to its own row, a quarter less compute);
     `padded`: `length_buckets`. All give the batch's mean loss over its labelled tokens."""
     if layout == "bucketed":
